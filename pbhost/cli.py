@@ -1,0 +1,119 @@
+"""The command line: `pbhost [OPTIONS] serve [POCKETBASE SERVE ARGS...]` and friends.
+
+A thin click layer: parse, call, map a PbhostError to one line and an exit code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import click
+
+from . import __version__
+from .errors import ConfigError, PbhostError
+
+log = logging.getLogger("pbhost")
+
+
+@dataclass(frozen=True)
+class Options:
+    """pbhost's own options (those before the command), also read from PBHOST_* variables."""
+
+    config: str | None
+    pocketbase: str | None
+    api: str | None
+    color: bool | None
+    log_format: str
+    timestamps: bool
+    strict: bool
+    verbose: bool
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"],
+                               "auto_envvar_prefix": "PBHOST"})
+@click.option("-c", "--config", metavar="FILE",
+              help="Process file (default: pb_processes.json, .yaml or .yml in the current folder).")
+@click.option("--pocketbase", metavar="PATH",
+              help="PocketBase binary (default: ./pocketbase, then PATH).")
+@click.option("--api", metavar="ADDR",
+              help="Control API address: HOST:PORT, unix:PATH or off "
+                   "(default: 127.0.0.1:<PocketBase port + 1>).")
+@click.option("--color/--no-color", default=None,
+              help="Colour the log stream (default: only on a terminal; NO_COLOR and FORCE_COLOR "
+                   "are honoured).")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
+              show_default=True, help="json: one JSON object per line, for log shippers.")
+@click.option("--timestamps", is_flag=True, help="Start each log line with the time.")
+@click.option("--strict", is_flag=True,
+              help="A broken process file is fatal instead of starting PocketBase alone.")
+@click.option("-v", "--verbose", is_flag=True, help="Also show pbhost's debug messages.")
+@click.version_option(__version__, prog_name="pbhost")
+@click.pass_context
+def cli(ctx: click.Context, **kwargs: Any) -> None:
+    """Run PocketBase and the sidecars of pb_processes.json as one supervised unit."""
+    ctx.obj = Options(**kwargs)
+
+
+@cli.command(context_settings={"ignore_unknown_options": True,
+                               "allow_interspersed_args": False})
+@click.argument("serve_args", nargs=-1, type=click.UNPROCESSED)
+@click.pass_obj
+def serve(opts: Options, serve_args: Sequence[str]) -> int:
+    """Start PocketBase (all SERVE_ARGS go to `pocketbase serve`), then the sidecars."""
+    from .serve import run_serve
+    return run_serve(opts, list(serve_args))
+
+
+@cli.command()
+@click.pass_obj
+def check(opts: Options) -> int:
+    """Validate the process file; exit non-zero on any error."""
+    from .config import find_config, load_config
+    path = find_config(opts.config, Path.cwd())
+    if path is None:
+        click.echo("no pb_processes.json/.yaml/.yml here: pbhost serve runs PocketBase alone")
+        return 0
+    loaded = load_config(path, os.environ)
+    for warning in getattr(loaded, "warnings", ()):
+        click.echo(f"warning: {warning}", err=True)
+    click.echo(f"{path}: {len(loaded.processes)} process(es) OK: "
+               + (", ".join(p.id for p in loaded.processes) or "none"))
+    return 0
+
+
+@cli.command()
+@click.option("--force", is_flag=True, help="Overwrite existing files.")
+def init(force: bool) -> int:
+    """Write a pb_processes.json and a sample Python agent into the current folder."""
+    from .scaffold import init_project
+    for path in init_project(Path.cwd(), force=force):
+        click.echo(f"wrote {path}")
+    click.echo("next: pbhost serve")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console entry point: user mistakes become one line on stderr and an exit code."""
+    try:
+        code = cli.main(args=list(argv) if argv is not None else None, prog_name="pbhost",
+                        standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        code = 1
+    except click.ClickException as exc:
+        exc.show()
+        code = exc.exit_code
+    except ConfigError as exc:
+        for problem in exc.problems:
+            click.echo(f"pbhost: error: {exc.path}: {problem}", err=True)
+        code = exc.exit_code
+    except PbhostError as exc:
+        click.echo(f"pbhost: error: {exc}", err=True)
+        code = exc.exit_code
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,192 @@
+"""The ordered set of supervisors: PocketBase first, sidecars once it is healthy; shutdown in
+reverse (sidecars in parallel, PocketBase last); the exit code."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Mapping, Sequence
+
+from .errors import UnknownProcess
+from .interpreter import plan_launch, sidecar_env
+from .pocketbase import PB_ID, PocketBaseInfo
+from .reaper import Reaper
+from .spawn import Child
+from .state import HEALTHY_RUN, ProcessState
+from .supervisor import Launch, Policy, Supervisor
+
+if TYPE_CHECKING:
+    from .config import ProcessSpec
+    from .logstream import LogStream
+
+log = logging.getLogger("pbhost")
+
+EXIT_OK = 0
+EXIT_PB_GAVE_UP = 1
+EXIT_FORCED = 130           # second Ctrl-C: everything killed at once
+PB_MAX_RETRIES = 3          # quick failures before pbhost gives up on PocketBase
+PB_STOP_TIMEOUT = 5.0
+HEALTH_POLL = 0.02          # seconds between /api/health probes while PocketBase starts
+SHUTDOWN_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
+
+
+@dataclass
+class HostSettings:
+    pb_binary: str
+    serve_args: Sequence[str]
+    pb: PocketBaseInfo
+    cwd: Path
+    processes: Sequence[ProcessSpec] = ()
+    environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    healthy_run: float = HEALTHY_RUN
+    health_timeout: float = 60.0
+
+
+class Host:
+    def __init__(self, settings: HostSettings, stream: LogStream) -> None:
+        self.settings = settings
+        self.stream = stream
+        self.reaper = Reaper()
+        self.pocketbase = Supervisor(
+            PB_ID, self._pb_launch,
+            Policy(max_retries=PB_MAX_RETRIES, stop_timeout=PB_STOP_TIMEOUT,
+                   healthy_run=settings.healthy_run, needs_ready=True),
+            self.reaper, stream, on_change=self._on_state)
+        self.sidecars = [self._sidecar(spec) for spec in settings.processes]
+        self.specs = {spec.id: spec for spec in settings.processes}
+        self._done: asyncio.Future[int] | None = None
+        self._health_task: asyncio.Task[None] | None = None
+        self._sidecars_started = False
+        self.forced = False  # a second Ctrl-C killed everything at once
+
+    @property
+    def supervisors(self) -> list[Supervisor]:
+        return [self.pocketbase, *self.sidecars]
+
+    def get(self, proc_id: str) -> Supervisor:
+        for sup in self.supervisors:
+            if sup.id == proc_id:
+                return sup
+        raise UnknownProcess(proc_id)
+
+    # -- launching ------------------------------------------------------------------------
+    def _pb_launch(self) -> Launch:
+        s = self.settings
+        return Launch([s.pb_binary, "serve", *s.serve_args], s.environ, str(s.cwd), "direct")
+
+    def _sidecar(self, spec: ProcessSpec) -> Supervisor:
+        def prepare() -> Launch:
+            plan = plan_launch(spec, self.settings.environ.get("PATH"))
+            env = sidecar_env(spec, self.settings.environ, self.settings.pb, plan)
+            return Launch(plan.argv, env, str(spec.cwd), plan.interpreter)
+
+        policy = Policy(max_retries=spec.max_retries, backoff=spec.backoff,
+                        stop_timeout=spec.stop_timeout, healthy_run=self.settings.healthy_run)
+        return Supervisor(spec.id, prepare, policy, self.reaper, self.stream,
+                          on_change=self._on_state)
+
+    def _on_state(self, sup: Supervisor) -> None:
+        if sup is not self.pocketbase:
+            return
+        if sup.state is ProcessState.STARTING:
+            self._watch_health()
+        elif sup.state is ProcessState.CRASHED:
+            log.error("PocketBase gave up; stopping everything")
+            self.request_shutdown(EXIT_PB_GAVE_UP)
+
+    # -- health ---------------------------------------------------------------------------
+    def _watch_health(self) -> None:
+        if self._health_task is None or self._health_task.done():
+            self._health_task = asyncio.get_running_loop().create_task(self._await_health())
+
+    async def _await_health(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.health_timeout
+        pb = self.pocketbase
+        while pb.state in (ProcessState.STARTING, ProcessState.BACKOFF):
+            if pb.child is not None and await health_ok(self.settings.pb):
+                pb.mark_running()
+                log.info("PocketBase is healthy at %s", self.settings.pb.url)
+                self._start_sidecars()
+                return
+            if loop.time() > deadline:
+                log.error("PocketBase has not answered %s/api/health for %.0fs; starting the "
+                          "sidecars anyway", self.settings.pb.url, self.settings.health_timeout)
+                self._start_sidecars()
+                return
+            await asyncio.sleep(HEALTH_POLL)
+
+    def _start_sidecars(self) -> None:
+        if self._sidecars_started:
+            return
+        self._sidecars_started = True
+        for sup in self.sidecars:
+            if self.specs[sup.id].autostart:
+                sup.spawn_now()
+            else:
+                log.info("%s: autostart is off; start it with `pbhost start %s`", sup.id, sup.id)
+
+    # -- run and shutdown -----------------------------------------------------------------
+    async def run(self, pb_child: Child | None = None) -> int:
+        """Run until a shutdown signal or until PocketBase gives up; return the exit code."""
+        loop = asyncio.get_running_loop()
+        self._done = loop.create_future()
+        if pb_child is not None:
+            self.pocketbase.adopt(pb_child)  # watched before install: it may have exited
+        self.reaper.install(loop)
+        for sig in SHUTDOWN_SIGNALS:
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        try:
+            if pb_child is None:
+                self.pocketbase.spawn_now()
+            code = await self._done
+            await self._shutdown()
+            return EXIT_FORCED if self.forced else code
+        finally:
+            for sig in SHUTDOWN_SIGNALS:
+                loop.remove_signal_handler(sig)
+            self.reaper.uninstall()
+
+    def request_shutdown(self, code: int = EXIT_OK) -> None:
+        if self._done is not None and not self._done.done():
+            self._done.set_result(code)
+
+    def _on_signal(self, sig: int) -> None:
+        name = signal.Signals(sig).name
+        if self._done is not None and not self._done.done():
+            log.info("%s received: stopping all processes", name)
+            self.request_shutdown(EXIT_OK)
+            return
+        if sig == signal.SIGINT:
+            log.warning("second interrupt: killing every process group now")
+            self.forced = True
+            for sup in self.supervisors:
+                sup.kill_now()
+
+    async def _shutdown(self) -> None:
+        if self._health_task is not None:
+            self._health_task.cancel()
+        await asyncio.gather(*(sup.stop() for sup in self.sidecars))
+        await self.pocketbase.stop()
+        self.reaper.reap()  # anything adopted that exited during the stop
+
+
+async def health_ok(pb: PocketBaseInfo, timeout: float = 1.0) -> bool:
+    """One GET /api/health; True on 200. Raw HTTP/1.0 keeps this free of client libraries."""
+    host = "127.0.0.1" if pb.host in ("0.0.0.0", "", "::") else pb.host
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, pb.port), timeout)
+    except (OSError, asyncio.TimeoutError):
+        return False
+    try:
+        writer.write(b"GET /api/health HTTP/1.0\r\nHost: " + host.encode() + b"\r\n\r\n")
+        status = await asyncio.wait_for(reader.readline(), timeout)
+        return status.split(b" ", 2)[1:2] == [b"200"]
+    except (OSError, asyncio.TimeoutError):
+        return False
+    finally:
+        writer.close()

@@ -1,0 +1,282 @@
+"""One process's life: spawn in its own session, keep it alive with backoff, stop its group.
+
+Every state change goes through `_set_state`, which checks the allowed moves in `state.py`.
+Exit statuses arrive from the reaper; nothing here waits on a child.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
+
+from .reaper import Reaper, describe_status, exit_code
+from .spawn import Child, SpawnError, spawn
+from .state import HEALTHY_RUN, ProcessState, backoff_delay, can_move, gives_up
+
+if TYPE_CHECKING:
+    from .logstream import LogStream
+
+log = logging.getLogger("pbhost")
+S = ProcessState
+GROUP_POLL = 0.02  # seconds between checks for group members left after the leader exited
+
+
+@dataclass(frozen=True)
+class Launch:
+    """Everything needed to spawn the process once; built fresh for every start."""
+
+    argv: Sequence[str]
+    env: Mapping[str, str]
+    cwd: str
+    interpreter: str = "direct"
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Restart and stop policy of one process."""
+
+    max_retries: int | None = None
+    backoff: float = 1.0
+    stop_timeout: float = 5.0
+    healthy_run: float = HEALTHY_RUN
+    needs_ready: bool = False  # True: stays STARTING until the host calls mark_running()
+
+
+def killpg(pgid: int, sig: int) -> bool:
+    """Signal a whole process group; False when it is already gone (ESRCH)."""
+    try:
+        os.killpg(pgid, sig)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # a member changed uid; the group still exists
+
+
+def group_alive(pgid: int) -> bool:
+    return killpg(pgid, 0)
+
+
+class Supervisor:
+    def __init__(self, proc_id: str, prepare: Callable[[], Launch], policy: Policy,
+                 reaper: Reaper, stream: LogStream,
+                 on_change: Callable[[Supervisor], None] | None = None) -> None:
+        self.id = proc_id
+        self.policy = policy
+        self._prepare = prepare
+        self._reaper = reaper
+        self._stream = stream
+        self._on_change = on_change
+        self.state = S.STOPPED
+        self.child: Child | None = None
+        self.failures = 0
+        self.restart_count = 0
+        self.last_error: str | None = None
+        self.last_exit: int | None = None
+        self.interpreter: str | None = None
+        self.start_wall: float | None = None
+        self._exited: asyncio.Future[int] | None = None
+        self._backoff: asyncio.TimerHandle | None = None
+        self._lock = asyncio.Lock()          # one requested operation at a time per process
+        self._queued: asyncio.Future[int | None] | None = None
+        self._stop_gen = 0                   # bumped by stop(): a restart under way yields to it
+        stream.register(proc_id)
+
+    # -- queries --------------------------------------------------------------------------
+    @property
+    def pid(self) -> int | None:
+        return self.child.pid if self.child else None
+
+    @property
+    def uptime(self) -> float:
+        if self.child is None or self.state not in (S.RUNNING, S.STARTING):
+            return 0.0
+        return time.monotonic() - self.child.started
+
+    # -- state ----------------------------------------------------------------------------
+    def _set_state(self, new: ProcessState) -> None:
+        old = self.state
+        if old is new:
+            return
+        if not can_move(old, new):
+            raise RuntimeError(f"{self.id}: illegal move {old} -> {new}")
+        self.state = new
+        log.debug("%s: %s -> %s", self.id, old, new)
+        if self._on_change is not None:
+            self._on_change(self)
+
+    def mark_running(self) -> None:
+        if self.state is S.STARTING:
+            self._set_state(S.RUNNING)
+
+    # -- spawning -------------------------------------------------------------------------
+    def spawn_now(self) -> int | None:
+        """Start one run now; a failure to start counts as a quick failure."""
+        self._cancel_backoff()
+        self._set_state(S.STARTING)
+        try:
+            launch = self._prepare()
+            self.interpreter = launch.interpreter
+            child = spawn(launch.argv, launch.env, launch.cwd)
+        except SpawnError as exc:
+            self.last_error = exc.strerror
+            log.error("%s: cannot start: %s", self.id, exc.strerror)
+            self._after_failure()
+            return None
+        self.adopt(child)
+        return child.pid
+
+    def adopt(self, child: Child) -> None:
+        """Take charge of a spawned child (also one spawned before the loop existed)."""
+        self.child = child
+        self.start_wall = child.started_wall
+        self._exited = asyncio.get_running_loop().create_future()
+        self._reaper.watch(child.pid, lambda status, c=child: self._on_exit(c, status))
+        self._stream.attach(self.id, "stdout", child.out_fd)
+        self._stream.attach(self.id, "stderr", child.err_fd)
+        if self.state is not S.STARTING:
+            self._set_state(S.STARTING)
+        log.info("%s: started (pid %d)", self.id, child.pid)
+        if not self.policy.needs_ready:
+            self._set_state(S.RUNNING)
+
+    def _on_exit(self, child: Child, status: int) -> None:
+        child.popen.returncode = exit_code(status)  # so Popen never polls a recycled pid
+        ran = time.monotonic() - child.started
+        self.last_exit = exit_code(status)
+        if self.child is child:
+            self.child = None
+        exited, self._exited = self._exited, None
+        if exited is not None and not exited.done():
+            exited.set_result(status)
+        if self.state is S.STOPPING:
+            return  # a stop is under way; it finishes the move
+        # Members of the group the leader left behind are unsupervised now; ask them to go.
+        self._reap_group_later(child.pgid)
+        how = describe_status(status)
+        if ran >= self.policy.healthy_run:
+            log.warning("%s: %s after %.1fs; restarting", self.id, how, ran)
+            self.failures = 0
+            self.restart_count += 1
+            self.spawn_now()
+            return
+        self.last_error = f"{how} after {ran:.1f}s"
+        log.error("%s: %s", self.id, self.last_error)
+        self._after_failure()
+
+    def _after_failure(self) -> None:
+        self.failures += 1
+        if gives_up(self.failures, self.policy.max_retries):
+            log.error("%s: giving up after %d quick failures in a row", self.id, self.failures)
+            self._set_state(S.CRASHED)
+            return
+        delay = backoff_delay(self.failures, self.policy.backoff)
+        log.warning("%s: restarting in %s (failure %d)", self.id, _secs(delay), self.failures)
+        self._set_state(S.BACKOFF)
+        self._backoff = asyncio.get_running_loop().call_later(delay, self._backoff_done)
+
+    def _backoff_done(self) -> None:
+        self._backoff = None
+        if self.state is S.BACKOFF:
+            self.restart_count += 1
+            self.spawn_now()
+
+    def _cancel_backoff(self) -> None:
+        if self._backoff is not None:
+            self._backoff.cancel()
+            self._backoff = None
+
+    def _reap_group_later(self, pgid: int) -> None:
+        if killpg(pgid, signal.SIGTERM):
+            asyncio.get_running_loop().call_later(
+                self.policy.stop_timeout, killpg, pgid, signal.SIGKILL)
+
+    # -- stopping -------------------------------------------------------------------------
+    async def _terminate(self) -> None:
+        """SIGTERM the group, wait stop_timeout, SIGKILL the group; return once it is gone."""
+        child, exited = self.child, self._exited
+        if child is None or exited is None:
+            return
+        self._set_state(S.STOPPING)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.policy.stop_timeout
+        killpg(child.pgid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(asyncio.shield(exited), self.policy.stop_timeout)
+        except asyncio.TimeoutError:
+            log.warning("%s: still running %s after SIGTERM; sending SIGKILL", self.id,
+                        _secs(self.policy.stop_timeout))
+            killpg(child.pgid, signal.SIGKILL)
+            await exited
+        # The leader is gone; give the rest of its group what is left of the stop timeout.
+        while group_alive(child.pgid) and loop.time() < deadline:
+            await asyncio.sleep(GROUP_POLL)
+        if killpg(child.pgid, signal.SIGKILL):
+            log.warning("%s: killed what was left of its process group", self.id)
+
+    def kill_now(self) -> None:
+        """Second Ctrl-C: SIGKILL the group at once; the pending stop completes on the exit."""
+        if self.child is not None:
+            killpg(self.child.pgid, signal.SIGKILL)
+
+    async def stop(self) -> None:
+        """Stop and stay stopped: keep-alive leaves it alone until start() or restart()."""
+        self._stop_gen += 1
+        self._cancel_backoff()
+        await self._terminate()
+        if self.state is not S.STOPPED:
+            self._set_state(S.STOPPED)
+            log.info("%s: stopped", self.id)
+
+    # -- requested operations -------------------------------------------------------------
+    async def restart(self, reason: str = "requested") -> int | None:
+        """A requested restart: not a failure, no backoff. Returns the new pid.
+
+        Requests that arrive while one is waiting for its turn share its result, so a burst of
+        restarts ends with exactly one live process group.
+        """
+        if self._queued is not None:
+            return await asyncio.shield(self._queued)
+        queued = self._queued = asyncio.get_running_loop().create_future()
+        try:
+            async with self._lock:
+                if self._queued is queued:
+                    self._queued = None  # from here on, a new request queues a new restart
+                pid = await self._restart_now(reason)
+        except BaseException:
+            if self._queued is queued:
+                self._queued = None
+            queued.cancel()  # requests that joined this one see it cancelled
+            raise
+        queued.set_result(pid)
+        return pid
+
+    async def _restart_now(self, reason: str) -> int | None:
+        gen = self._stop_gen
+        log.info("%s: restarting (%s)", self.id, reason)
+        if self.state is S.CRASHED:
+            self.failures = 0  # the user fixed something: give it a fresh budget
+        self._cancel_backoff()
+        await self._terminate()
+        if gen != self._stop_gen:
+            return None  # a stop arrived meanwhile: it wins
+        self.restart_count += 1
+        return self.spawn_now()
+
+    async def start(self) -> int | None:
+        """Start a stopped or crashed process now, with a fresh failure budget."""
+        async with self._lock:
+            if self.child is not None:
+                return self.child.pid
+            self.failures = 0
+            self.last_error = None
+            return self.spawn_now()
+
+
+def _secs(value: float) -> str:
+    return f"{value * 1000:.0f}ms" if value < 1 else f"{value:g}s"
