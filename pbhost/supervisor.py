@@ -141,7 +141,10 @@ class Supervisor:
         self._stream.attach(self.id, "stderr", child.err_fd)
         if self.state is not S.STARTING:
             self._set_state(S.STARTING)
-        log.info("%s: started (pid %d)", self.id, child.pid)
+        if self.interpreter and self.interpreter != "direct":
+            log.info("%s: started (pid %d, %s)", self.id, child.pid, self.interpreter)
+        else:
+            log.info("%s: started (pid %d)", self.id, child.pid)
         if not self.policy.needs_ready:
             self._set_state(S.RUNNING)
 

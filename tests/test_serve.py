@@ -43,7 +43,7 @@ def test_sidecar_starts_with_pocketbase_and_its_pid_is_known(project: Project) -
     line = run.wait_line("[ai-agent][STDOUT] pid=")
     pid = int(re.search(r"pid=(\d+)", line).group(1))
     assert pid_alive(pid)
-    assert f"ai-agent: started (pid {pid})" in run.output()
+    assert f"ai-agent: started (pid {pid}, {PY})" in run.output()
     # PocketBase came first: its start line precedes the sidecar's.
     out = run.output()
     assert out.index("pocketbase: started") < out.index("ai-agent: started")
