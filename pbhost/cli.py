@@ -80,7 +80,7 @@ def check(opts: Options) -> int:
         click.echo("no pb_processes.json/.yaml/.yml here: pbhost serve runs PocketBase alone")
         return 0
     loaded = load_config(path, os.environ)
-    for warning in getattr(loaded, "warnings", ()):
+    for warning in loaded.warnings:
         click.echo(f"warning: {warning}", err=True)
     click.echo(f"{path}: {len(loaded.processes)} process(es) OK: "
                + (", ".join(p.id for p in loaded.processes) or "none"))

@@ -43,7 +43,7 @@ def _load_processes(opts: Options, cwd: Path) -> Sequence[ProcessSpec]:
         log.error("the process file is broken: starting PocketBase without sidecars "
                   "(--strict makes this fatal)")
         return ()
-    for warning in getattr(loaded, "warnings", ()):
+    for warning in loaded.warnings:
         log.warning("%s", warning)
     return loaded.processes
 
