@@ -22,6 +22,7 @@ from .supervisor import Launch, Policy, Supervisor
 if TYPE_CHECKING:
     from .config import ProcessSpec
     from .logstream import LogStream
+    from .reload import Reloader
 
 log = logging.getLogger("pbhost")
 
@@ -61,6 +62,7 @@ class Host:
         self._done: asyncio.Future[int] | None = None
         self._health_task: asyncio.Task[None] | None = None
         self._sidecars_started = False
+        self.reloaders: list[Reloader] = []
         self.forced = False  # a second Ctrl-C killed everything at once
 
     @property
@@ -143,6 +145,11 @@ class Host:
         try:
             if pb_child is None:
                 self.pocketbase.spawn_now()
+            if any(spec.dev_mode for spec in self.specs.values()):
+                # After PocketBase's spawn, so scanning a big tree never delays it; and no
+                # watcher code at all is loaded without devMode.
+                from .reload import start_reloaders
+                self.reloaders = start_reloaders(self.specs, self.sidecars, self.settings.cwd, loop)
             code = await self._done
             await self._shutdown()
             return EXIT_FORCED if self.forced else code
@@ -168,6 +175,8 @@ class Host:
                 sup.kill_now()
 
     async def _shutdown(self) -> None:
+        for reloader in self.reloaders:
+            reloader.close()  # no reload may start a sidecar the shutdown is stopping
         if self._health_task is not None:
             self._health_task.cancel()
         await asyncio.gather(*(sup.stop() for sup in self.sidecars))

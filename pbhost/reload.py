@@ -1,0 +1,76 @@
+"""Dev-mode hot reload: one Watcher per devMode sidecar; a change restarts that sidecar.
+
+A reload is a requested restart (`Supervisor.restart`): no backoff, failure count untouched,
+restart count +1, the whole group stopped before the new one starts. A sidecar that is crashed
+or waiting in backoff starts at once (the developer just fixed the bug); one stopped on request
+stays stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .state import ProcessState
+from .watcher import Watcher
+
+if TYPE_CHECKING:
+    from .config import ProcessSpec
+    from .supervisor import Supervisor
+
+log = logging.getLogger("pbhost")
+
+
+class Reloader:
+    def __init__(self, spec: ProcessSpec, sup: Supervisor, project: Path) -> None:
+        self._sup = sup
+        self._project = project
+        self._tasks: set[asyncio.Task[int | None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._watcher = Watcher(spec.watch_paths, ignore=spec.watch_ignore,
+                                debounce=spec.debounce, on_change=self._changed, log=log)
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._watcher.start(loop)
+
+    def close(self) -> None:
+        """Stop watching; a reload already under way finishes (or yields to the host's stop)."""
+        self._watcher.close()
+
+    def _display(self, path: Path) -> str:
+        # Named relative to the project, as the developer thinks of it: agent/main.py.
+        try:
+            return path.relative_to(self._project).as_posix()
+        except ValueError:
+            return str(path)
+
+    def _changed(self, path: Path) -> None:
+        assert self._loop is not None
+        sup = self._sup
+        if sup.state is ProcessState.STOPPED:
+            log.info("%s: %s changed; not reloading, it is stopped", sup.id, self._display(path))
+            return
+        task = self._loop.create_task(sup.restart(f"{self._display(path)} changed"))
+        self._tasks.add(task)  # the loop keeps only a weak reference to a task
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[int | None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s: reload failed: %s", self._sup.id, task.exception())
+
+
+def start_reloaders(specs: dict[str, ProcessSpec], sidecars: list[Supervisor], project: Path,
+                    loop: asyncio.AbstractEventLoop) -> list[Reloader]:
+    """A started Reloader for each devMode sidecar; the others get no watch and no inotify fd."""
+    reloaders = []
+    for sup in sidecars:
+        spec = specs[sup.id]
+        if spec.dev_mode:
+            reloader = Reloader(spec, sup, project)
+            reloader.start(loop)
+            reloaders.append(reloader)
+    return reloaders
