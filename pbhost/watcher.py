@@ -124,7 +124,8 @@ class _InotifyBackend:
             raise _InotifyUnavailable(f"inotify is not available here ({exc})") from None
         except OSError as exc:
             hint = " (fs.inotify.max_user_instances)" if exc.errno == errno.EMFILE else ""
-            raise _InotifyUnavailable(f"cannot create an inotify instance: {exc.strerror}{hint}") from None
+            raise _InotifyUnavailable(
+                f"cannot create an inotify instance: {exc.strerror}{hint}") from None
         self._roots, self._filter, self._notify, self._log = roots, filt, notify, log
         self._on_limit = on_limit
         self._dirs: dict[int, tuple[Path, _Root]] = {}  # wd -> (directory, its root)
@@ -156,7 +157,7 @@ class _InotifyBackend:
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
                 raise _InotifyUnavailable("the inotify watch limit is reached (raise it with "
-                                  "`sysctl fs.inotify.max_user_watches=524288`)") from None
+                                          "`sysctl fs.inotify.max_user_watches=524288`)") from None
             self._log.debug("not watching %s: %s", folder, exc.strerror)
             return False
         self._dirs[wd] = (folder, root)
@@ -182,7 +183,7 @@ class _InotifyBackend:
     def _on_readable(self) -> None:
         try:
             self._read_events()
-        except _InotifyUnavailable as exc:  # a new directory past the limit: the owner switches to polling
+        except _InotifyUnavailable as exc:  # a new directory past the limit: switch to polling
             self._on_limit(str(exc))
 
     def _read_events(self) -> None:
@@ -196,7 +197,8 @@ class _InotifyBackend:
 
     def _overflowed(self) -> None:
         # Events were lost, possibly directory creations too: re-add watches and assume a change.
-        self._log.warning("file watcher: the inotify event queue overflowed; treating it as a change")
+        self._log.warning("file watcher: the inotify event queue overflowed; "
+                          "treating it as a change")
         for root in self._roots:
             self._add_tree(root, root.dir)
         self._notify(self._roots[0].dir / (self._roots[0].only or ""))

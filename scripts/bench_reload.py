@@ -218,7 +218,8 @@ def idle_cpu(pid: int, seconds: float, out: Output) -> dict[str, Any]:
     used = cpu_seconds(pid) - before
     polled = any("by polling" in line for line in out.seen)  # the fallback would cost CPU
     return {"files": TREE_FILES, "window_s": seconds, "cpu_s": round(used, 3),
-            "clock_tick_s": 1 / os.sysconf("SC_CLK_TCK"), "backend": "poll" if polled else "inotify"}
+            "clock_tick_s": 1 / os.sysconf("SC_CLK_TCK"),
+            "backend": "poll" if polled else "inotify"}
 
 
 def summary(samples: list[float]) -> dict[str, Any]:
