@@ -13,7 +13,6 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .state import ProcessState
 from .watcher import Watcher
 
 if TYPE_CHECKING:
@@ -50,7 +49,7 @@ class Reloader:
     def _changed(self, path: Path) -> None:
         assert self._loop is not None
         sup = self._sup
-        if sup.state is ProcessState.STOPPED:
+        if sup.held:  # stopped on request (even if the stop is still under way)
             log.info("%s: %s changed; not reloading, it is stopped", sup.id, self._display(path))
             return
         task = self._loop.create_task(sup.restart(f"{self._display(path)} changed"))

@@ -85,6 +85,7 @@ class Supervisor:
         self._lock = asyncio.Lock()          # one requested operation at a time per process
         self._queued: asyncio.Future[int | None] | None = None
         self._stop_gen = 0                   # bumped by stop(): a restart under way yields to it
+        self.held = False                    # stopped on request: reloads leave it alone
         stream.register(proc_id)
 
     # -- queries --------------------------------------------------------------------------
@@ -230,6 +231,7 @@ class Supervisor:
     async def stop(self) -> None:
         """Stop and stay stopped: keep-alive leaves it alone until start() or restart()."""
         self._stop_gen += 1
+        self.held = True
         self._cancel_backoff()
         await self._terminate()
         if self.state is not S.STOPPED:
@@ -261,6 +263,7 @@ class Supervisor:
 
     async def _restart_now(self, reason: str) -> int | None:
         gen = self._stop_gen
+        self.held = False
         log.info("%s: restarting (%s)", self.id, reason)
         if self.state is S.CRASHED:
             self.failures = 0  # the user fixed something: give it a fresh budget
@@ -274,6 +277,7 @@ class Supervisor:
     async def start(self) -> int | None:
         """Start a stopped or crashed process now, with a fresh failure budget."""
         async with self._lock:
+            self.held = False
             if self.child is not None:
                 return self.child.pid
             self.failures = 0
