@@ -87,6 +87,17 @@ def check(opts: Options) -> int:
     return 0
 
 
+@cli.command("systemd-unit", context_settings={"ignore_unknown_options": True,
+                                              "allow_interspersed_args": False})
+@click.argument("serve_args", nargs=-1, type=click.UNPROCESSED)
+@click.pass_obj
+def systemd_unit(opts: Options, serve_args: Sequence[str]) -> int:
+    """Print a systemd unit that runs `pbhost serve SERVE_ARGS` in this folder."""
+    from .systemd import make_unit
+    click.echo(make_unit(opts, list(serve_args), Path.cwd()), nl=False)
+    return 0
+
+
 @cli.command()
 @click.option("--force", is_flag=True, help="Overwrite existing files.")
 def init(force: bool) -> int:

@@ -18,9 +18,12 @@ from .reaper import Reaper
 from .spawn import Child
 from .state import HEALTHY_RUN, ProcessState
 from .supervisor import Launch, Policy, Supervisor
+from .sweep import Sweeper
+from .systemd import Notifier, status_line
 
 if TYPE_CHECKING:
     from .config import ProcessSpec
+    from .leftovers import Ledger
     from .logstream import LogStream
     from .reload import Reloader
 
@@ -48,9 +51,12 @@ class HostSettings:
 
 
 class Host:
-    def __init__(self, settings: HostSettings, stream: LogStream) -> None:
+    def __init__(self, settings: HostSettings, stream: LogStream, *,
+                 notifier: Notifier | None = None, ledger: Ledger | None = None) -> None:
         self.settings = settings
         self.stream = stream
+        self.notifier = notifier or Notifier(None)
+        self.ledger = ledger  # state.json: what a killed pbhost leaves for the next run to end
         self.reaper = Reaper()
         self.pocketbase = Supervisor(
             PB_ID, self._pb_launch,
@@ -64,6 +70,7 @@ class Host:
         self._sidecars_started = False
         self.reloaders: list[Reloader] = []
         self.forced = False  # a second Ctrl-C killed everything at once
+        self.sweeper = Sweeper(lambda: [s.pid for s in self.supervisors if s.pid])
 
     @property
     def supervisors(self) -> list[Supervisor]:
@@ -92,6 +99,7 @@ class Host:
                           on_change=self._on_state)
 
     def _on_state(self, sup: Supervisor) -> None:
+        self._keep_track(sup)
         if sup is not self.pocketbase:
             return
         if sup.state is ProcessState.STARTING:
@@ -99,6 +107,15 @@ class Host:
         elif sup.state is ProcessState.CRASHED:
             log.error("PocketBase gave up; stopping everything")
             self.request_shutdown(EXIT_PB_GAVE_UP)
+
+    def _keep_track(self, sup: Supervisor) -> None:
+        """state.json, systemd's STATUS and the escapee sweep follow every state change."""
+        if self.ledger is not None:
+            self.ledger.record((s.id, s.pid) for s in self.supervisors if s.pid)
+        if self.notifier.enabled:
+            self.notifier.status(status_line(self.supervisors))
+        if sup is not self.pocketbase and sup.child is None and sup.last_exit is not None:
+            self.sweeper.after_exit(sup.id, sup.policy.stop_timeout)
 
     # -- health ---------------------------------------------------------------------------
     def _watch_health(self) -> None:
@@ -131,6 +148,7 @@ class Host:
                 sup.spawn_now()
             else:
                 log.info("%s: autostart is off; start it with `pbhost start %s`", sup.id, sup.id)
+        self.notifier.ready(status_line(self.supervisors))
 
     # -- run and shutdown -----------------------------------------------------------------
     async def run(self, pb_child: Child | None = None) -> int:
@@ -140,6 +158,7 @@ class Host:
         if pb_child is not None:
             self.pocketbase.adopt(pb_child)  # watched before install: it may have exited
         self.reaper.install(loop)
+        self.notifier.start_watchdog(loop)
         for sig in SHUTDOWN_SIGNALS:
             loop.add_signal_handler(sig, self._on_signal, sig)
         try:
@@ -175,13 +194,20 @@ class Host:
                 sup.kill_now()
 
     async def _shutdown(self) -> None:
+        self.notifier.stopping()
         for reloader in self.reloaders:
             reloader.close()  # no reload may start a sidecar the shutdown is stopping
         if self._health_task is not None:
             self._health_task.cancel()
         await asyncio.gather(*(sup.stop() for sup in self.sidecars))
+        # What escaped the sidecars' groups was re-parented to us when they ended.
+        longest = max((s.policy.stop_timeout for s in self.sidecars), default=PB_STOP_TIMEOUT)
+        await self.sweeper.end_all(0.0 if self.forced else longest)
         await self.pocketbase.stop()
+        await self.sweeper.end_all(0.0 if self.forced else PB_STOP_TIMEOUT)  # PB's children
         self.reaper.reap()  # anything adopted that exited during the stop
+        if self.ledger is not None:
+            self.ledger.clear()
 
 
 async def health_ok(pb: PocketBaseInfo, timeout: float = 1.0) -> bool:

@@ -32,8 +32,9 @@ def want_color(fd: int, environ: Mapping[str, str], flag: bool | None) -> bool:
 class LogStream:
     def __init__(self, out_fd: int = 1, *, color: bool = False, fmt: str = "text",
                  timestamps: bool = False, ring_size: int = 1000,
-                 backlog_bytes: int = 4 << 20) -> None:
+                 backlog_bytes: int = 4 << 20, syslog_prefix: bool = False) -> None:
         self.out_fd = out_fd
+        self.syslog_prefix = syslog_prefix  # stdout is the journal: each line gets <priority>
         self.color = color
         self.rings: dict[str, collections.deque[LogRecord]] = {}
         self.ring_size = ring_size
@@ -75,6 +76,8 @@ class LogStream:
     def _emit(self, proc_id: str, stream: str, lines: list[bytes]) -> None:
         out = []
         tag = f"[{proc_id}][{stream.upper()}] "
+        if self.syslog_prefix:
+            tag = syslog_priority(logging.ERROR if stream == "stderr" else logging.INFO) + tag
         ring = self.rings[proc_id]
         for raw in lines:
             text = raw.decode("utf-8", "replace").rstrip("\r")
@@ -86,7 +89,8 @@ class LogStream:
         self._write("".join(out).encode())
 
     def system(self, levelno: int, text: str) -> None:
-        self._write(f"[pbhost] {text}\n".encode())
+        head = syslog_priority(levelno) if self.syslog_prefix else ""
+        self._write(f"{head}[pbhost] {text}\n".encode())
 
     def _write(self, data: bytes) -> None:
         while data:
@@ -102,6 +106,15 @@ class LogStream:
 
     def close(self, timeout: float) -> None:
         pass
+
+
+def syslog_priority(levelno: int) -> str:
+    """The `<n>` prefix journald reads as the line's priority (err 3, warning 4, info 6, debug 7)."""
+    if levelno >= logging.ERROR:
+        return "<3>"
+    if levelno >= logging.WARNING:
+        return "<4>"
+    return "<6>" if levelno >= logging.INFO else "<7>"
 
 
 class LogStreamHandler(logging.Handler):

@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
+from .procctl import pdeathsig_hook
+
 PIPE_SIZE = 1 << 20  # a big pipe lets a chatty child run ahead while the loop is busy
 
 
@@ -69,7 +71,8 @@ def spawn(argv: Sequence[str], env: Mapping[str, str], cwd: str) -> Child:
     try:
         popen = subprocess.Popen(
             list(argv), cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL,
-            stdout=out_w, stderr=err_w, start_new_session=True, close_fds=True)
+            stdout=out_w, stderr=err_w, start_new_session=True, close_fds=True,
+            preexec_fn=pdeathsig_hook())  # dies with pbhost, even a pbhost killed by SIGKILL
     except OSError as exc:
         os.close(out_r)
         os.close(err_r)

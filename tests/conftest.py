@@ -179,10 +179,12 @@ class Project:
         return self.write(name, json.dumps(processes, indent=2))
 
     def serve(self, *serve_args: str, pbhost_args: tuple[str, ...] = (), port: int | None = None,
-              env: dict[str, str] | None = None, wait_healthy: bool = True) -> PbhostRun:
+              env: dict[str, str] | None = None, wait_healthy: bool = True,
+              wrapper: tuple[str, ...] = ()) -> PbhostRun:
+        """Start pbhost (under `wrapper`, e.g. `unshare ...`, if given)."""
         port = port or free_port()
         out_path = self.root / f"pbhost-{len(self.runs)}.out"
-        argv = [sys.executable, "-m", "pbhost", *pbhost_args, "serve",
+        argv = [*wrapper, sys.executable, "-m", "pbhost", *pbhost_args, "serve",
                 "--http", f"127.0.0.1:{port}", *serve_args]
         out = open(out_path, "wb")
         proc = subprocess.Popen(argv, cwd=self.root, stdout=out, stderr=subprocess.STDOUT,
