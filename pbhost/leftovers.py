@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from . import procctl
+from . import proctable
 from .errors import PbhostError
-from .procctl import ProcInfo
+from .proctable import ProcInfo
 
 log = logging.getLogger("pbhost")
 
@@ -62,8 +62,8 @@ class Ledger:
     def __init__(self, data_dir: Path, run_id: str) -> None:
         self.path = state_path(data_dir)
         self.run_id = run_id
-        me = procctl.proc_info(os.getpid())
-        self._head = {"version": 1, "boot": procctl.boot_id(), "run": run_id,
+        me = proctable.proc_info(os.getpid())
+        self._head = {"version": 1, "boot": proctable.boot_id(), "run": run_id,
                       "pbhost": {"pid": os.getpid(), "start": me.start if me else 0}}
         self._starts: dict[int, int] = {}   # pid -> start ticks, read once per child
         self._last: tuple[tuple[str, int], ...] | None = None
@@ -76,7 +76,8 @@ class Ledger:
         if current == self._last or self._broken:
             return
         self._last = current
-        starts = {pid: self._starts.get(pid) or procctl.start_time(pid) or 0 for _, pid in current}
+        starts = {pid: self._starts.get(pid) or proctable.start_time(pid) or 0
+                  for _, pid in current}
         self._starts = starts
         body = dict(self._head, children=[
             {"id": proc_id, "pid": pid, "pgid": pid, "start": starts[pid]}
@@ -130,7 +131,7 @@ def _recorded(data: dict[str, Any]) -> list[Recorded]:
 
 def find_leftovers(data: dict[str, Any]) -> list[tuple[ProcInfo, str]]:
     """The previous run's processes still alive, each with the id of the child it came from."""
-    procs = [p for p in procctl.all_processes() if p.state != "Z"]
+    procs = [p for p in proctable.all_processes() if p.state != "Z"]
     by_pid = {p.pid: p for p in procs}
     # Never us or what started us (a shell that a sidecar of that run opened, say).
     ours = _lineage(os.getpid(), by_pid)
@@ -146,7 +147,7 @@ def find_leftovers(data: dict[str, Any]) -> list[tuple[ProcInfo, str]]:
     if isinstance(run, str) and run:
         for p in procs:
             if p.pid not in found:
-                env = procctl.environ(p.pid)
+                env = proctable.environ(p.pid)
                 if env.get(RUN_ENV) == run:
                     found[p.pid] = (p, env.get("PBHOST_PROCESS_ID", "pocketbase"))
     return list(found.values())
@@ -173,17 +174,17 @@ def end_previous_run(data_dir: Path, grace: float = LEFTOVER_GRACE) -> int:
     except (OSError, ValueError) as exc:
         log.warning("ignoring unreadable %s: %s", path, exc)
         return 0
-    if data.get("boot") != procctl.boot_id():
+    if data.get("boot") != proctable.boot_id():
         return 0  # written before a reboot: none of it can be alive
     owner = data.get("pbhost") or {}
-    if isinstance(owner, dict) and procctl.is_alive(int(owner.get("pid", 0)),
+    if isinstance(owner, dict) and proctable.is_alive(int(owner.get("pid", 0)),
                                                      int(owner.get("start", -1))):
         raise PbhostError(f"another pbhost (pid {owner['pid']}) is running with the data dir "
                           f"{data_dir}; stop it first")
     leftovers = find_leftovers(data)
     for p, proc_id in leftovers:
         log.warning("ending a leftover of the previous run (pbhost was killed): pid %d (%s: %s)",
-                    p.pid, proc_id, procctl.cmdline(p.pid))
+                    p.pid, proc_id, proctable.cmdline(p.pid))
     end_processes([p for p, _ in leftovers], grace)
     return len(leftovers)
 
@@ -194,12 +195,12 @@ def end_processes(procs: list[ProcInfo], grace: float) -> list[ProcInfo]:
     Synchronous: used before the event loop runs. A pid is signalled only while it still has
     the start time it had when found, so a recycled pid is never hit.
     """
-    alive = [p for p in procs if procctl.signal_if_same(p, signal.SIGTERM)]
+    alive = [p for p in procs if proctable.signal_if_same(p, signal.SIGTERM)]
     deadline = time.monotonic() + grace
     while alive and time.monotonic() < deadline:
         time.sleep(POLL)
-        alive = [p for p in alive if procctl.is_alive(p.pid, p.start)]
-    killed = [p for p in alive if procctl.signal_if_same(p, signal.SIGKILL)]
+        alive = [p for p in alive if proctable.is_alive(p.pid, p.start)]
+    killed = [p for p in alive if proctable.signal_if_same(p, signal.SIGKILL)]
     for p in killed:
         log.warning("pid %d ignored SIGTERM for %gs: killed", p.pid, grace)
     return killed

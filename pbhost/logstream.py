@@ -109,7 +109,7 @@ class LogStream:
 
 
 def syslog_priority(levelno: int) -> str:
-    """The `<n>` prefix journald reads as the line's priority (err 3, warning 4, info 6, debug 7)."""
+    """The `<n>` journald reads as a line's priority: err 3, warning 4, info 6, debug 7."""
     if levelno >= logging.ERROR:
         return "<3>"
     if levelno >= logging.WARNING:

@@ -18,8 +18,8 @@ import os
 import signal
 from typing import Callable, Collection
 
-from . import procctl
-from .procctl import ProcInfo
+from . import proctable
+from .proctable import ProcInfo
 
 log = logging.getLogger("pbhost")
 POLL = 0.02
@@ -35,13 +35,13 @@ class Sweeper:
 
     def escaped(self, proc_id: str | None = None) -> list[ProcInfo]:
         """Unsupervised children of pbhost (from `proc_id` only, if given) and descendants."""
-        procs = list(procctl.all_processes())
+        procs = list(proctable.all_processes())
         keep = set(self._supervised())
         roots = [p.pid for p in procs
                  if p.ppid == self._me and p.pid not in keep and p.state != "Z"
                  and (proc_id is None
-                      or procctl.environ(p.pid).get("PBHOST_PROCESS_ID") == proc_id)]
-        return [p for p in procctl.subtrees(roots, procs) if p.state != "Z"]
+                      or proctable.environ(p.pid).get("PBHOST_PROCESS_ID") == proc_id)]
+        return [p for p in proctable.subtrees(roots, procs) if p.state != "Z"]
 
     def after_exit(self, proc_id: str, grace: float) -> None:
         """A sidecar's process exited: end what it left outside its group, off the hot path
@@ -56,12 +56,12 @@ class Sweeper:
         procs = self.escaped(proc_id)
         if not procs:
             return
-        self._signalled = {k for k in self._signalled if procctl.is_alive(*k)}
+        self._signalled = {k for k in self._signalled if proctable.is_alive(*k)}
         self._signalled.update((p.pid, p.start) for p in procs)
         for p in procs:
             log.warning("%s: ending pid %d (%s), left behind when it exited", proc_id,
-                        p.pid, procctl.cmdline(p.pid))
-            procctl.signal_if_same(p, signal.SIGTERM)
+                        p.pid, proctable.cmdline(p.pid))
+            proctable.signal_if_same(p, signal.SIGTERM)
         asyncio.get_running_loop().call_later(grace, _kill_survivors, procs)
 
     async def end_all(self, grace: float) -> int:
@@ -79,14 +79,14 @@ class Sweeper:
                 sent[sig].add((p.pid, p.start))
                 if sig == signal.SIGTERM:
                     log.info("ending pid %d (%s), left behind outside a stopped group",
-                             p.pid, procctl.cmdline(p.pid))
+                             p.pid, proctable.cmdline(p.pid))
                 else:
                     log.warning("killing pid %d (%s): still running %gs after SIGTERM", p.pid,
-                                procctl.cmdline(p.pid), grace)
-                procctl.signal_if_same(p, sig)
+                                proctable.cmdline(p.pid), grace)
+                proctable.signal_if_same(p, sig)
             await asyncio.sleep(POLL)
         return len(sent[signal.SIGTERM] | sent[signal.SIGKILL])
 
 
 def _kill_survivors(procs: list[ProcInfo]) -> int:
-    return sum(procctl.signal_if_same(p, signal.SIGKILL) for p in procs)
+    return sum(proctable.signal_if_same(p, signal.SIGKILL) for p in procs)

@@ -25,8 +25,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import pbhost.host  # noqa: F401,E402  (load what a running pbhost has loaded: fork cost grows with it)
-from pbhost import procctl, spawn as spawn_mod  # noqa: E402
+# Load what a running pbhost has loaded: the cost of fork() grows with the process.
+import pbhost.host  # noqa: F401,E402
+from pbhost import procctl, proctable, spawn as spawn_mod  # noqa: E402
 from pbhost.leftovers import Ledger  # noqa: E402
 from pbhost.sweep import Sweeper  # noqa: E402
 
@@ -38,7 +39,8 @@ def figures(samples: list[float]) -> str:
 
 
 def bench_spawn(rounds: int) -> None:
-    for label, hook in (("without PDEATHSIG", lambda: None), ("with PDEATHSIG", procctl.pdeathsig_hook)):
+    for label, hook in (("without PDEATHSIG", lambda: None),
+                        ("with PDEATHSIG", procctl.pdeathsig_hook)):
         spawn_mod.pdeathsig_hook = hook  # type: ignore[assignment]
         samples = []
         for _ in range(rounds):
@@ -73,7 +75,7 @@ def bench_scan(rounds: int) -> None:
         t = time.perf_counter()
         sweeper.escaped("agent")
         samples.append(time.perf_counter() - t)
-    n = sum(1 for _ in procctl.all_processes())
+    n = sum(1 for _ in proctable.all_processes())
     print(f"escapee scan ({n} procs)   {figures(samples)}")
 
 
