@@ -244,7 +244,8 @@ def test_ctrl_c_in_a_terminal_stops_everything(tmp_path: Path) -> None:
     child = pexpect.spawn(PY, ["-m", "pbhost", "serve", "--http", f"127.0.0.1:{port}"],
                           cwd=str(tmp_path), env=pbhost_env(), timeout=20)
     try:
-        child.expect(r"\[s\]\[STDOUT\] pid=(\d+) kid=(\d+)")
+        # On a terminal the id is coloured: `\x1b[..m[s]\x1b[0m[STDOUT] ...`.
+        child.expect(r"\[s\](?:\x1b\[0m)?\[STDOUT\] pid=(\d+) kid=(\d+)")
         pids = [int(child.match.group(1)), int(child.match.group(2))]
         child.sendcontrol("c")
         child.expect(pexpect.EOF)
