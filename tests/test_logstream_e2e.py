@@ -42,6 +42,7 @@ def test_story7_stderr_line_with_prefix_at_error_level(project: Project) -> None
     hello_project(project)
     run = project.serve()
     run.wait_line("[ai-agent][STDERR] model file missing: /models/llama.gguf")
+    run.stop()  # one pbhost per project folder
     json_run = project.serve(pbhost_args=("--log-format", "json"))
     line = json_run.wait_line('"stream":"stderr"')
     rec = json.loads(line)
