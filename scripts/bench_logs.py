@@ -118,14 +118,20 @@ def writer_time(n: int, stdout: int) -> float:
     return float(proc.stderr)
 
 
-def writer_ratio(tmp: Path, n: int) -> float:
-    """Child's own write time into `cat > file` / with LogStream in between (>= 0.9 wanted)."""
+def writer_into_cat(tmp: Path, n: int) -> float:
+    """The writer's own time with its stdout piped into `cat > file` (the reference)."""
     with open(tmp / "cat.out", "wb") as f:
         cat = subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=f)
         assert cat.stdin is not None
-        direct = writer_time(n, cat.stdin.fileno())
+        took = writer_time(n, cat.stdin.fileno())
         cat.stdin.close()
         cat.wait()
+    return took
+
+
+def writer_ratio(tmp: Path, n: int) -> float:
+    """Child's own write time into `cat > file` / with LogStream in between (>= 0.9 wanted)."""
+    direct = writer_into_cat(tmp, n)
     fd = os.open(tmp / "ls.out", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     res = tmp / "t"
     code = WRITER.replace("sys.stderr.write(", f"open({str(res)!r}, 'w').write(")
@@ -197,12 +203,7 @@ def serve_writer_ratio(tmp: Path, n: int) -> float:
     (proj / "pb_processes.json").write_text(json.dumps(
         [{"id": "py", "command": PY, "args": ["-c", "import runpy, time; "
           "runpy.run_path('w.py', run_name='__main__'); time.sleep(3600)", str(n)]}]))
-    with open(tmp / "cat.out", "wb") as f:
-        cat = subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=f)
-        assert cat.stdin is not None
-        direct = writer_time(n, cat.stdin.fileno())
-        cat.stdin.close()
-        cat.wait()
+    direct = writer_into_cat(tmp, n)
     with open(proj / "out.log", "wb") as f:
         proc = _serve(proj, f.fileno())
     try:
