@@ -5,7 +5,7 @@ A thin click layer: parse, call, map a PbhostError to one line and an exit code.
 
 from __future__ import annotations
 
-import asyncio
+import json
 import logging
 import os
 import sys
@@ -106,6 +106,76 @@ def init(force: bool) -> int:
     for path in init_project(Path.cwd(), force=force):
         click.echo(f"wrote {path}")
     click.echo("next: pbhost serve")
+    return 0
+
+
+# -- client commands: talk to a running pbhost through its control API --------------------
+def _dir_option(f: Any) -> Any:
+    return click.option("--dir", "data_dir", metavar="DIR",
+                        help="Data dir of the PocketBase that pbhost serves, as given to "
+                             "`pbhost serve --dir` (default: ./pb_data).")(f)
+
+
+def _client(data_dir: str | None) -> Any:
+    from .client import ApiClient, find_endpoint
+    return ApiClient(find_endpoint(data_dir, os.environ, Path.cwd()))
+
+
+@cli.command("ls")
+@click.option("--json", "as_json", is_flag=True, help="Print the API's JSON, for scripts.")
+@_dir_option
+def ls(as_json: bool, data_dir: str | None) -> int:
+    """List the processes: pid, status, uptime, restarts, CPU, memory (alias: list)."""
+    procs = _client(data_dir).call("GET", "/api/pm/list")
+    if as_json:
+        click.echo(json.dumps(procs, indent=2))
+    else:
+        from .clientview import table
+        click.echo(table(procs))
+    return 0
+
+
+cli.add_command(ls, "list")
+
+
+def _action_command(action: str, done: str, help_text: str) -> None:
+    @cli.command(action, help=help_text)
+    @click.argument("proc_id", metavar="ID")
+    @_dir_option
+    def command(proc_id: str, data_dir: str | None) -> int:
+        client = _client(data_dir)
+        proc = client.call("POST", client.process_path(proc_id, action))
+        pid = f" (pid {proc['pid']})" if proc.get("pid") else ""
+        click.echo(f"{proc['id']} {done}{pid}")
+        return 0
+
+
+_action_command("start", "started", "Start a stopped or crashed process (fresh retry budget).")
+_action_command("stop", "stopped", "Stop a process; it stays stopped until started again.")
+_action_command("restart", "restarted", "Stop a process's whole group and start it again.")
+
+
+@cli.command()
+@click.argument("proc_id", metavar="[ID]", required=False)
+@click.option("-n", "--lines", default=100, show_default=True, type=click.IntRange(0, 10_000),
+              help="How many recent lines to show first.")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines as they come.")
+@_dir_option
+def logs(proc_id: str | None, lines: int, follow: bool, data_dir: str | None) -> int:
+    """Show the recent output of process ID, or of all processes merged by time."""
+    from .clientview import log_line
+    client = _client(data_dir)
+    path = client.process_path(proc_id, "logs") if proc_id else "/api/pm/logs"
+    if not follow:
+        for rec in client.call("GET", f"{path}?lines={lines}"):
+            click.echo(log_line(rec))
+        return 0
+    try:
+        for rec in client.follow(f"{path}?lines={lines}&follow=1"):
+            click.echo(log_line(rec))
+    except KeyboardInterrupt:
+        return 0
+    click.echo("pbhost: the log stream ended (pbhost stopped)", err=True)
     return 0
 
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 
 from .errors import UnknownProcess
 from .interpreter import plan_launch, sidecar_env
+from .localhttp import request_status
 from .pocketbase import PB_ID, PocketBaseInfo
 from .reaper import Reaper
 from .spawn import Child
@@ -48,6 +49,10 @@ class HostSettings:
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     healthy_run: float = HEALTHY_RUN
     health_timeout: float = 60.0
+    # The control API, known before PocketBase is spawned so that PocketBase (and a JS hook
+    # forwarding /api/pm/* to pbhost) gets them as PBHOST_API_URL / PBHOST_API_TOKEN_INTERNAL.
+    api_url: str | None = None
+    api_token: str | None = None
 
 
 class Host:
@@ -69,6 +74,7 @@ class Host:
         self._health_task: asyncio.Task[None] | None = None
         self._sidecars_started = False
         self.reloaders: list[Reloader] = []
+        self.started = asyncio.Event()  # set once the autostart sidecars have been spawned
         self.forced = False  # a second Ctrl-C killed everything at once
         self.sweeper = Sweeper(lambda: [s.pid for s in self.supervisors if s.pid])
 
@@ -85,7 +91,10 @@ class Host:
     # -- launching ------------------------------------------------------------------------
     def _pb_launch(self) -> Launch:
         s = self.settings
-        return Launch([s.pb_binary, "serve", *s.serve_args], s.environ, str(s.cwd), "direct")
+        env = dict(s.environ)
+        if s.api_url and s.api_token:
+            env.update(PBHOST_API_URL=s.api_url, PBHOST_API_TOKEN_INTERNAL=s.api_token)
+        return Launch([s.pb_binary, "serve", *s.serve_args], env, str(s.cwd), "direct")
 
     def _sidecar(self, spec: ProcessSpec) -> Supervisor:
         def prepare() -> Launch:
@@ -143,6 +152,7 @@ class Host:
         if self._sidecars_started:
             return
         self._sidecars_started = True
+        self.started.set()
         for sup in self.sidecars:
             if self.specs[sup.id].autostart:
                 sup.spawn_now()
@@ -176,6 +186,10 @@ class Host:
             for sig in SHUTDOWN_SIGNALS:
                 loop.remove_signal_handler(sig)
             self.reaper.uninstall()
+
+    @property
+    def shutting_down(self) -> bool:
+        return self._done is not None and self._done.done()
 
     def request_shutdown(self, code: int = EXIT_OK) -> None:
         if self._done is not None and not self._done.done():
@@ -211,17 +225,10 @@ class Host:
 
 
 async def health_ok(pb: PocketBaseInfo, timeout: float = 1.0) -> bool:
-    """One GET /api/health; True on 200. Raw HTTP/1.0 keeps this free of client libraries."""
-    host = "127.0.0.1" if pb.host in ("0.0.0.0", "", "::") else pb.host
-    try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, pb.port), timeout)
-    except (OSError, asyncio.TimeoutError):
-        return False
-    try:
-        writer.write(b"GET /api/health HTTP/1.0\r\nHost: " + host.encode() + b"\r\n\r\n")
-        status = await asyncio.wait_for(reader.readline(), timeout)
-        return status.split(b" ", 2)[1:2] == [b"200"]
-    except (OSError, asyncio.TimeoutError):
-        return False
-    finally:
-        writer.close()
+    """One GET /api/health; True on 200."""
+    return await request_status(pb_host(pb), pb.port, "GET", "/api/health", timeout=timeout) == 200
+
+
+def pb_host(pb: PocketBaseInfo) -> str:
+    """Where local clients reach PocketBase: a wildcard listen address means loopback."""
+    return "127.0.0.1" if pb.host in ("0.0.0.0", "", "::") else pb.host

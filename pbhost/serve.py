@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from .config import ProcessSpec, find_config, load_config
+from .control import ApiAddress, new_token, parse_api_address
 from .errors import ConfigError
 from .host import Host, HostSettings
 from .leftovers import RUN_ENV, Ledger, end_previous_run, new_run_id
@@ -18,9 +19,11 @@ from .procctl import set_child_subreaper
 from .systemd import Notifier, child_environ, stdout_is_journal
 
 if TYPE_CHECKING:
+    from .api import ApiHandle
     from .cli import Options
 
 log = logging.getLogger("pbhost")
+API_START_WAIT = 1.0  # seconds; the API starts after the sidecars are spawned, or after this
 
 
 def _setup_logging(stream: LogStream, verbose: bool) -> None:
@@ -58,6 +61,27 @@ def _env_float(name: str, default: float) -> float:
         return default
 
 
+async def _serve_api(host: Host, addr: ApiAddress, token: str) -> ApiHandle | None:
+    # h11 and the API modules load only once the children are spawned (or PocketBase is slow
+    # to become healthy), so they never delay PocketBase or the sidecars.
+    try:
+        await asyncio.wait_for(host.started.wait(), API_START_WAIT)
+    except asyncio.TimeoutError:
+        pass
+    from .api import start_api
+    return await start_api(host, addr, token, os.environ)
+
+
+async def _close_api(task: asyncio.Task[ApiHandle | None]) -> None:
+    if not task.done():
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return
+    handle = None if task.cancelled() or task.exception() else task.result()
+    if handle is not None:
+        await handle.close()
+
+
 def run_serve(opts: Options, serve_args: list[str]) -> int:
     cwd = Path.cwd()
     binary = find_binary(opts.pocketbase, os.environ, cwd)
@@ -66,9 +90,13 @@ def run_serve(opts: Options, serve_args: list[str]) -> int:
     _setup_logging(stream, opts.verbose)
     run_id = new_run_id()
     notifier = Notifier.from_env(os.environ)
+    pb = describe(serve_args, cwd)
+    api = parse_api_address(opts.api, pb.port, cwd)
+    token = new_token() if api is not None else None
     settings = HostSettings(
-        pb_binary=binary, serve_args=serve_args, pb=describe(serve_args, cwd), cwd=cwd,
+        pb_binary=binary, serve_args=serve_args, pb=pb, cwd=cwd,
         processes=(), environ={**child_environ(os.environ), RUN_ENV: run_id},
+        api_url=api.url if api else None, api_token=token,
         # Hidden knobs for tests: shorter healthy threshold, shorter health wait.
         healthy_run=_env_float("PBHOST_HEALTHY_SECONDS", 10.0),
         health_timeout=_env_float("PBHOST_HEALTH_TIMEOUT", 60.0))
@@ -80,7 +108,13 @@ def run_serve(opts: Options, serve_args: list[str]) -> int:
         end_previous_run(settings.pb.data_dir)
         host = Host(settings, stream, notifier=notifier,
                     ledger=Ledger(settings.pb.data_dir, run_id))
-        return await host.run()
+        if api is None or token is None:
+            return await host.run()
+        api_task = asyncio.get_running_loop().create_task(_serve_api(host, api, token))
+        try:
+            return await host.run()
+        finally:
+            await _close_api(api_task)
 
     try:
         return asyncio.run(main())

@@ -1,0 +1,76 @@
+"""How the client commands show what the control API returns: the `ls` table, log lines."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Sequence
+
+import click
+
+COLUMNS = ("id", "pid", "status", "uptime", "restarts", "cpu", "memory")
+STATUS_COLOURS = {"running": "green", "starting": "cyan", "backoff": "yellow",
+                  "stopping": "yellow", "stopped": "bright_black", "crashed": "red"}
+STREAM_COLOURS = {"stderr": "red", "system": "blue"}
+
+
+def duration(seconds: float) -> str:
+    """pm2-like: 42s, 5m, 3h, 2d."""
+    s = int(seconds)
+    for size, unit in ((86400, "d"), (3600, "h"), (60, "m")):
+        if s >= size:
+            return f"{s // size}{unit}"
+    return f"{s}s"
+
+
+def size(nbytes: int) -> str:
+    value = float(nbytes)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"  # pragma: no cover - the loop always returns
+
+
+def _row(p: dict[str, Any]) -> list[str]:
+    running = p.get("pid") is not None
+    return [str(p["id"]), str(p["pid"]) if running else "-", str(p["status"]),
+            duration(p.get("uptime") or 0) if running else "-", str(p.get("restartCount", 0)),
+            f"{p.get('cpu', 0):.1f}%" if running else "-",
+            size(p.get("memory", 0)) if running else "-"]
+
+
+def table(processes: Sequence[dict[str, Any]]) -> str:
+    """The `pbhost ls` table; each process's lastError follows it, when there is one."""
+    rows = [list(COLUMNS)] + [_row(p) for p in processes]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
+    lines = []
+    for n, row in enumerate(rows):
+        cells = [cell.ljust(w) for cell, w in zip(row, widths)]
+        cells[-1] = cells[-1].rstrip()
+        if n == 0:
+            lines.append(click.style("  ".join(cells), bold=True))
+            continue
+        cells[2] = click.style(cells[2], fg=STATUS_COLOURS.get(row[2]))
+        lines.append("  ".join(cells))
+    errors = [f"{p['id']}: {p['lastError']}" for p in processes if p.get("lastError")]
+    if errors:
+        lines.append("")
+        lines += [click.style("last error ", fg="red") + e for e in errors]
+    return "\n".join(lines)
+
+
+def log_line(rec: dict[str, Any], with_time: bool = True) -> str:
+    """`12:00:01 [ai-agent][STDOUT] text`, as pbhost's own stream shows it."""
+    stream = str(rec.get("stream", "stdout"))
+    tag = f"[{rec.get('id')}]" + ("" if stream == "system" else f"[{stream.upper()}]")
+    tag = click.style(tag, fg=STREAM_COLOURS.get(stream))
+    when = _clock(rec.get("time")) if with_time else ""
+    return f"{when} {tag} {rec.get('text', '')}" if when else f"{tag} {rec.get('text', '')}"
+
+
+def _clock(iso: Any) -> str:
+    try:
+        return datetime.fromisoformat(str(iso).replace("Z", "+00:00")).astimezone() \
+            .strftime("%H:%M:%S")
+    except ValueError:
+        return ""

@@ -1,0 +1,129 @@
+"""Where the control API listens, and `control.json`, through which the CLI finds it.
+
+Kept free of asyncio and h11: `pbhost serve` uses it before PocketBase is spawned (to hand
+PocketBase the API address and token) and the client commands use it to find a running pbhost.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import PbhostError
+
+CONTROL_DIR = ".pbhost"
+CONTROL_FILE = "control.json"
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+class ApiAddressError(PbhostError):
+    """--api / PBHOST_API holds something that is not an address."""
+
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class ApiAddress:
+    """Where the control API listens: a TCP host and port, or a unix socket path."""
+
+    host: str = ""
+    port: int = 0
+    path: str = ""      # set for a unix socket
+
+    @property
+    def url(self) -> str:
+        if self.path:
+            return f"unix:{self.path}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def loopback(self) -> bool:
+        return bool(self.path) or self.host in LOOPBACK or self.host.startswith("127.")
+
+
+def parse_api_address(value: str | None, pb_port: int, cwd: Path) -> ApiAddress | None:
+    """`HOST:PORT`, `unix:PATH`, `off` (None) or nothing (127.0.0.1:<PocketBase port + 1>)."""
+    text = (value or "").strip()
+    if not text:
+        return ApiAddress("127.0.0.1", _port(str(pb_port + 1), "<PocketBase port + 1>"))
+    if text.lower() == "off":
+        return None
+    if text.startswith("unix:"):
+        path = text[len("unix:"):]
+        if not path:
+            raise ApiAddressError("--api unix:PATH needs a socket path, e.g. unix:/run/pbhost.sock")
+        return ApiAddress(path=str((cwd / path).resolve()))
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = "", text  # a bare port number
+    host = host.strip("[]") or "127.0.0.1"  # an empty host stays on loopback, never all interfaces
+    return ApiAddress(host, _port(port, text))
+
+
+def _port(text: str, shown: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise ApiAddressError(f"--api {shown!s}: expected HOST:PORT, unix:PATH or off "
+                              "(e.g. 127.0.0.1:8091)")
+    return int(text)
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+# -- control.json ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ControlInfo:
+    url: str
+    token: str
+    pid: int
+
+
+def control_path(data_dir: Path) -> Path:
+    return data_dir / CONTROL_DIR / CONTROL_FILE
+
+
+def write_control(data_dir: Path, info: ControlInfo) -> Path:
+    """Write control.json readable by its owner only (mode 0600 in a 0700 folder), atomically."""
+    path = control_path(data_dir)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path.parent, 0o700)  # an existing folder may have been created wider
+    tmp = path.with_name(f".{CONTROL_FILE}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"url": info.url, "token": info.token, "pid": info.pid}, f)
+    os.replace(tmp, path)
+    return path
+
+
+def remove_control(path: Path, pid: int) -> None:
+    """Remove control.json if it is still ours (another pbhost may have taken the data dir)."""
+    try:
+        if read_control_file(path).pid == pid:
+            path.unlink()
+    except (OSError, ValueError):
+        pass
+
+
+def read_control_file(path: Path) -> ControlInfo:
+    """Parse control.json; OSError if unreadable, ValueError if it is not what pbhost writes."""
+    data: Any = json.loads(path.read_text())
+    if not (isinstance(data, dict) and isinstance(data.get("url"), str)
+            and isinstance(data.get("token"), str) and isinstance(data.get("pid"), int)):
+        raise ValueError("expected an object with url, token and pid")
+    return ControlInfo(data["url"], data["token"], data["pid"])
+
+
+def pid_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, owned by another user
+    return True

@@ -1,0 +1,485 @@
+"""The control API against a real pbhost: real PocketBase, real sidecars, real HTTP (story 6)."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import socket
+import stat
+import subprocess
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from conftest import PbhostRun, Project, free_port, http_json, pid_alive, wait_for
+from pbhost.pocketbase import find_binary
+
+PY = sys.executable
+EMAIL, PASSWORD = "a@b.co", "password123"
+
+TICKER = """
+    import os, time
+    print(f"pid={os.getpid()}", flush=True)
+    n = 0
+    while True:
+        n += 1
+        print(f"tick {n}", flush=True)
+        time.sleep(0.1)
+"""
+# Ignores SIGTERM: its stop takes the whole stopTimeout.
+STUBBORN = """
+    import os, signal, time
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    print(f"pid={os.getpid()}", flush=True)
+    while True:
+        time.sleep(1)
+"""
+
+
+class Api:
+    """The API of one running pbhost, found the way the CLI finds it: through control.json."""
+
+    def __init__(self, run: PbhostRun) -> None:
+        self.run = run
+        path = run.data_dir / ".pbhost" / "control.json"
+        info = wait_for(lambda: json.loads(path.read_text()), 15, "control.json")
+        self.control, self.url, self.token = info, info["url"], info["token"]
+
+    def get(self, path: str, token: str | None = "", **kw: Any) -> tuple[int, Any]:
+        return http_json(self.url + path, token=self.token if token == "" else token, **kw)
+
+    def post(self, path: str, token: str | None = "", **kw: Any) -> tuple[int, Any]:
+        return http_json(self.url + path, "POST", token=self.token if token == "" else token, **kw)
+
+    def proc(self, proc_id: str) -> dict[str, Any]:
+        status, body = self.get(f"/api/pm/{proc_id}")
+        assert status == 200, body
+        return body
+
+    def wait_status(self, proc_id: str, want: str, timeout: float = 15) -> dict[str, Any]:
+        return wait_for(lambda: (p := self.proc(proc_id))["status"] == want and p, timeout,
+                        f"{proc_id} {want}")
+
+
+def upsert_superuser(root: Path) -> None:
+    # Before the first serve: also keeps PocketBase from opening its installer in a browser.
+    binary = find_binary(None, os.environ, Path.cwd())
+    subprocess.run([binary, "superuser", "upsert", EMAIL, PASSWORD, "--dir",
+                    str(root / "pb_data")], check=True, capture_output=True, timeout=30)
+
+
+def login(run: PbhostRun, collection: str, identity: str, password: str) -> str:
+    status, body = http_json(f"{run.url}/api/collections/{collection}/auth-with-password",
+                             "POST", body={"identity": identity, "password": password})
+    assert status == 200, body
+    return body["token"]
+
+
+def live_pids_running(script: Path) -> list[int]:
+    """Live processes whose command line names `script`."""
+    out = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{name}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if str(script).encode() in cmd and pid_alive(int(name)):
+            out.append(int(name))
+    return out
+
+
+# -- one pbhost shared by the tests that only read ---------------------------------------
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    project = Project(tmp_path_factory.mktemp("shared"))
+    project.write("ticker.py", TICKER)
+    project.write("quiet.py", "import time\ntime.sleep(600)\n")
+    project.config([{"id": "ticker", "script": "ticker.py", "interpreter": PY},
+                    {"id": "quiet", "script": "quiet.py", "interpreter": PY, "devMode": True}])
+    upsert_superuser(project.root)
+    run = project.serve(env={"PBHOST_API_TOKEN": "env-secret-token"})
+    try:
+        run.wait_line("[ticker][STDOUT] tick 3")
+        yield Api(run)
+    finally:
+        run.stop()
+
+
+def test_list_shows_every_process_pocketbase_first(shared: Api) -> None:
+    status, procs = shared.get("/api/pm/list")
+    assert status == 200
+    assert [p["id"] for p in procs] == ["pocketbase", "ticker", "quiet"]
+    for p in procs:
+        assert set(p) == {"id", "pid", "status", "startTime", "uptime", "restartCount",
+                          "lastError", "cpu", "memory", "devMode", "interpreter"}
+        assert p["status"] == "running" and pid_alive(p["pid"])
+        assert p["uptime"] > 0 and re.fullmatch(r"\d{4}-\d\d-\d\dT[\d:.]+Z", p["startTime"])
+        assert p["memory"] > 1 << 20 and p["cpu"] >= 0 and p["lastError"] is None
+    by_id = {p["id"]: p for p in procs}
+    assert by_id["quiet"]["devMode"] is True and by_id["ticker"]["devMode"] is False
+    assert by_id["ticker"]["interpreter"] == PY
+    out = shared.run.output()
+    assert f"ticker: started (pid {by_id['ticker']['pid']}" in out
+
+
+def test_one_process_and_unknown_ids(shared: Api) -> None:
+    assert shared.proc("ticker")["id"] == "ticker"
+    for method, path in (("GET", "/api/pm/nope"), ("POST", "/api/pm/unknown/restart"),
+                         ("GET", "/api/pm/nope/logs")):
+        status, body = http_json(shared.url + path, method, token=shared.token)
+        assert status == 404
+        assert body["status"] == 404 and body["data"] == {}
+        assert "Known ids: pocketbase, ticker, quiet" in body["message"]
+    assert shared.get("/api/pm/ticker/explode")[0] == 404
+    assert shared.get("/api/other")[0] == 404
+
+
+def test_wrong_method_is_405(shared: Api) -> None:
+    status, body = shared.post("/api/pm/list")
+    assert status == 405 and body["status"] == 405
+    assert shared.get("/api/pm/ticker/restart")[0] == 405
+    assert http_json(shared.url + "/api/pm/ticker", "DELETE", token=shared.token)[0] == 405
+
+
+def raw_exchange(url: str, data: bytes) -> bytes:
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as s:
+        s.sendall(data)
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_malformed_requests_get_400_not_a_traceback(shared: Api) -> None:
+    reply = raw_exchange(shared.url, b"NOT HTTP AT ALL\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 400 ")
+    assert b'"status":400' in reply
+    auth = f"Authorization: Bearer {shared.token}\r\n".encode()
+    reply = raw_exchange(shared.url, b"GET /api/pm/ticker/logs?lines=lots HTTP/1.1\r\nHost: x\r\n"
+                         + auth + b"Connection: close\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 400 ") and b"lines must be" in reply
+    assert "Traceback" not in shared.run.output()
+
+
+def test_401_without_token_with_wrong_token_and_with_a_regular_users_token(shared: Api) -> None:
+    su = login(shared.run, "_superusers", EMAIL, PASSWORD)
+    status, body = http_json(shared.run.url + "/api/collections/users/records", "POST", token=su,
+                             body={"email": "u@b.co", "password": PASSWORD,
+                                   "passwordConfirm": PASSWORD})
+    assert status == 200, body
+    user = login(shared.run, "users", "u@b.co", PASSWORD)
+    for token in (None, "wrong-token", shared.token[:-1], user):
+        status, body = shared.get("/api/pm/list", token=token)
+        assert status == 401, (token, body)
+        assert set(body) == {"status", "message", "data"} and "ticker" not in json.dumps(body)
+    assert shared.post("/api/pm/ticker/restart", token=user)[0] == 401
+
+
+def test_200_with_a_superuser_token_and_with_pbhost_api_token(shared: Api) -> None:
+    su = login(shared.run, "_superusers", EMAIL, PASSWORD)
+    for token in (su, "env-secret-token", shared.token):
+        status, procs = shared.get("/api/pm/list", token=token)
+        assert status == 200 and procs[0]["id"] == "pocketbase"
+    # PocketBase's own header form, without "Bearer", works too.
+    conn = http.client.HTTPConnection(shared.url.removeprefix("http://"), timeout=5)
+    conn.request("GET", "/api/pm/list", headers={"Authorization": su})
+    assert conn.getresponse().status == 200
+    conn.close()
+
+
+def test_keep_alive_serves_many_requests_on_one_connection(shared: Api) -> None:
+    conn = http.client.HTTPConnection(shared.url.removeprefix("http://"), timeout=5)
+    conn.connect()
+    sock = conn.sock
+    for _ in range(20):
+        conn.request("GET", "/api/pm/list", headers={"Authorization": f"Bearer {shared.token}"})
+        resp = conn.getresponse()
+        assert resp.status == 200 and json.loads(resp.read())[0]["id"] == "pocketbase"
+    assert conn.sock is sock  # never reconnected
+    conn.close()
+
+
+def test_no_permissive_cors(shared: Api) -> None:
+    conn = http.client.HTTPConnection(shared.url.removeprefix("http://"), timeout=5)
+    conn.request("GET", "/api/pm/list", headers={"Authorization": f"Bearer {shared.token}",
+                                                 "Origin": "https://evil.example"})
+    resp = conn.getresponse()
+    assert resp.status == 200
+    assert not any(k.lower().startswith("access-control-") for k, _ in resp.getheaders())
+    conn.close()
+
+
+def test_logs_returns_the_last_lines(shared: Api) -> None:
+    status, lines = shared.get("/api/pm/ticker/logs?lines=5")
+    assert status == 200 and len(lines) == 5
+    assert all(r["id"] == "ticker" and r["stream"] == "stdout" for r in lines)
+    ticks = [int(r["text"].split()[1]) for r in lines]
+    assert ticks == list(range(ticks[0], ticks[0] + 5))
+    status, merged = shared.get("/api/pm/logs?lines=1000")
+    assert {"pocketbase", "ticker"} <= {r["id"] for r in merged}
+    assert [r["time"] for r in merged] == sorted(r["time"] for r in merged)
+    everything = shared.get("/api/pm/ticker/logs?lines=10000")[1]
+    default = shared.get("/api/pm/ticker/logs")[1]
+    assert min(100, len(everything)) <= len(default) <= 100  # the default: 100 (lines keep coming)
+
+
+def test_logs_follow_streams_new_lines_as_server_sent_events(shared: Api) -> None:
+    conn = http.client.HTTPConnection(shared.url.removeprefix("http://"), timeout=10)
+    conn.request("GET", "/api/pm/ticker/logs?lines=2&follow=1",
+                 headers={"Authorization": f"Bearer {shared.token}"})
+    resp = conn.getresponse()
+    assert resp.status == 200 and resp.getheader("content-type") == "text/event-stream"
+    ticks: list[int] = []
+    while len(ticks) < 6:
+        line = resp.readline()
+        if line.startswith(b"data: "):
+            rec = json.loads(line[6:])
+            assert rec["id"] == "ticker"
+            ticks.append(int(rec["text"].split()[1]))
+    assert ticks == list(range(ticks[0], ticks[0] + 6))  # backlog, then live, nothing lost
+    conn.close()
+
+
+def test_metrics_in_prometheus_text_format(shared: Api) -> None:
+    req = http.client.HTTPConnection(shared.url.removeprefix("http://"), timeout=5)
+    req.request("GET", "/api/pm/metrics", headers={"Authorization": f"Bearer {shared.token}"})
+    resp = req.getresponse()
+    text = resp.read().decode()
+    assert resp.status == 200 and resp.getheader("content-type").startswith("text/plain")
+    assert 'pbhost_process_up{id="pocketbase"} 1' in text
+    assert 'pbhost_process_status{id="ticker",status="running"} 1' in text
+    assert re.search(r'pbhost_process_memory_bytes\{id="ticker"\} \d{6,}\n', text)
+    for name in ("restarts_total", "uptime_seconds", "cpu_percent"):
+        assert f'pbhost_process_{name}{{id="quiet"}} ' in text
+    assert "pbhost_log_lines_dropped_total 0" in text
+    req.close()
+
+
+def test_control_json_is_private_and_pocketbase_gets_the_api_address(shared: Api) -> None:
+    path = shared.run.data_dir / ".pbhost" / "control.json"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert shared.control["pid"] == shared.run.proc.pid
+    assert shared.url == f"http://127.0.0.1:{shared.run.port + 1}"
+    pb_pid = shared.proc("pocketbase")["pid"]
+    env = dict(kv.split("=", 1) for kv in
+               Path(f"/proc/{pb_pid}/environ").read_text().split("\0") if "=" in kv)
+    assert env["PBHOST_API_URL"] == shared.url
+    assert env["PBHOST_API_TOKEN_INTERNAL"] == shared.token
+    ticker_env = Path(f"/proc/{shared.proc('ticker')['pid']}/environ").read_text()
+    assert "PBHOST_API_TOKEN_INTERNAL" not in ticker_env  # only PocketBase's hook gets it
+
+
+# -- tests that change processes: a pbhost each -------------------------------------------
+def test_restart_gives_a_new_pid_and_the_old_group_is_gone(project: Project) -> None:
+    project.write("fam.py", """
+        import os, subprocess, sys, time
+        kid = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+        print(f"pid={os.getpid()} kid={kid.pid}", flush=True)
+        time.sleep(600)
+    """)
+    project.config([{"id": "ai-agent", "script": "fam.py", "interpreter": PY}])
+    run = project.serve()
+    line = run.wait_line("[ai-agent][STDOUT] pid=")
+    old, kid = (int(x) for x in re.findall(r"=(\d+)", line))
+    api = Api(run)
+    assert api.proc("ai-agent")["pid"] == old
+    status, body = api.post("/api/pm/ai-agent/restart")
+    assert status == 200 and body["pid"] not in (None, old)
+    assert not pid_alive(old) and not pid_alive(kid)  # gone before the answer
+    assert pid_alive(body["pid"]) and body["status"] == "running"
+    assert body["restartCount"] == 1
+    run.wait_line("[ai-agent][STDOUT] pid=", count=2)
+    assert "ai-agent: restarting (requested through the API)" in run.output()
+
+
+def test_stop_stays_stopped_and_start_brings_it_back(project: Project) -> None:
+    project.write("ticker.py", TICKER)
+    project.write("short.py", "import os\nprint(f'pid={os.getpid()}', flush=True)\n")
+    project.config([{"id": "ticker", "script": "ticker.py", "interpreter": PY},
+                    {"id": "short", "script": "short.py", "interpreter": PY, "backoff": "100ms"}])
+    run = project.serve()
+    api = Api(run)
+    old = api.wait_status("short", "backoff")  # it keeps exiting; keep-alive keeps restarting
+    status, body = api.post("/api/pm/short/stop")
+    assert status == 200 and body["status"] == "stopped" and body["pid"] is None
+    starts = run.output().count("short: started")
+    # A second of ticks later (ten 100 ms backoffs), it has not been started again.
+    tick = len([ln for ln in run.lines() if "[ticker][STDOUT] tick" in ln])
+    run.wait_line("[ticker][STDOUT] tick", count=tick + 10)
+    assert run.output().count("short: started") == starts
+    assert api.proc("short")["status"] == "stopped"
+    assert old["restartCount"] <= api.proc("short")["restartCount"]
+    ticker_pid = api.proc("ticker")["pid"]
+    status, body = api.post("/api/pm/ticker/stop")
+    assert body["status"] == "stopped" and not pid_alive(ticker_pid)
+    status, body = api.post("/api/pm/ticker/start")
+    assert status == 200 and body["status"] == "running" and pid_alive(body["pid"])
+
+
+def test_start_after_crashed_runs_it_with_a_fresh_budget(project: Project) -> None:
+    project.write("picky.py", """
+        import os, sys, time
+        if not os.path.exists("fixed"):
+            sys.exit("config missing")
+        print("ok now", flush=True)
+        time.sleep(600)
+    """)
+    project.config([{"id": "picky", "script": "picky.py", "interpreter": PY, "maxRetries": 2,
+                     "backoff": "100ms"}])
+    run = project.serve()
+    api = Api(run)
+    crashed = api.wait_status("picky", "crashed")
+    assert crashed["pid"] is None and "exited with code 1" in crashed["lastError"]
+    (project.root / "fixed").write_text("")
+    status, body = api.post("/api/pm/picky/start")
+    assert status == 200 and body["status"] == "running" and body["lastError"] is None
+    assert pid_alive(body["pid"])
+    run.wait_line("[picky][STDOUT] ok now")
+
+
+def test_fifty_concurrent_restarts_leave_exactly_one_group(project: Project) -> None:
+    script = project.write("one.py", TICKER)
+    project.config([{"id": "one", "script": "one.py", "interpreter": PY}])
+    run = project.serve()
+    api = Api(run)
+    first = api.proc("one")["pid"]
+    with ThreadPoolExecutor(50) as pool:
+        results = list(pool.map(lambda _: api.post("/api/pm/one/restart", timeout=30),
+                                range(50)))
+    assert all(status == 200 for status, _ in results), results
+    final = api.proc("one")
+    assert final["status"] == "running" and final["pid"] != first
+    assert final["pid"] in {body["pid"] for _, body in results}
+    assert live_pids_running(script) == [final["pid"]]
+    assert final["restartCount"] < 50  # the burst was coalesced
+
+
+def test_stop_during_a_restart_wins_and_other_ids_do_not_wait(project: Project) -> None:
+    project.write("stubborn.py", STUBBORN)
+    project.write("ticker.py", TICKER)
+    project.config([{"id": "stubborn", "script": "stubborn.py", "interpreter": PY,
+                     "stopTimeout": "3s"},
+                    {"id": "ticker", "script": "ticker.py", "interpreter": PY}])
+    run = project.serve()
+    run.wait_line("[stubborn][STDOUT] pid=")
+    api = Api(run)
+    restart: dict[str, Any] = {}
+    thread = threading.Thread(target=lambda: restart.update(
+        r=api.post("/api/pm/stubborn/restart", timeout=30)))
+    thread.start()
+    api.wait_status("stubborn", "stopping")
+    # Another id is restarted while stubborn's restart waits out its stop timeout.
+    status, body = api.post("/api/pm/ticker/restart")
+    assert status == 200 and thread.is_alive()
+    status, body = api.post("/api/pm/stubborn/stop")
+    assert status == 200 and body["status"] == "stopped"
+    thread.join(30)
+    status, body = restart["r"]
+    assert status == 409 and "stays stopped" in body["message"]
+    assert api.proc("stubborn")["status"] == "stopped"
+
+
+def test_api_answers_while_pocketbase_is_down_or_restarting(project: Project) -> None:
+    project.write("ticker.py", TICKER)
+    project.config([{"id": "ticker", "script": "ticker.py", "interpreter": PY}])
+    upsert_superuser(project.root)
+    run = project.serve()
+    api = Api(run)
+    su = login(run, "_superusers", EMAIL, PASSWORD)
+    status, body = api.post("/api/pm/pocketbase/stop")
+    assert status == 200 and body["status"] == "stopped"
+    assert not run.healthy()
+    status, procs = api.get("/api/pm/list")
+    assert status == 200 and [p["status"] for p in procs] == ["stopped", "running"]
+    # A superuser token cannot be checked while PocketBase is down: 503, not a false 401.
+    assert api.get("/api/pm/list", token="not-known-yet")[0] == 503
+    status, body = api.post("/api/pm/pocketbase/start")
+    assert status == 200 and body["pid"]
+    run.wait_healthy()
+    api.wait_status("pocketbase", "running")
+    old = api.proc("pocketbase")["pid"]
+    seen: list[int] = []
+    thread = threading.Thread(target=lambda: seen.append(
+        api.post("/api/pm/pocketbase/restart")[0]))
+    thread.start()
+    while thread.is_alive():
+        seen.append(api.get("/api/pm/list")[0])
+    assert set(seen) == {200}
+    assert api.proc("pocketbase")["pid"] != old
+    run.wait_healthy()
+    assert api.get("/api/pm/list", token=su)[0] == 200
+    assert api.proc("ticker")["status"] == "running"
+
+
+def test_control_json_is_removed_on_exit(project: Project) -> None:
+    run = project.serve()
+    api = Api(run)
+    path = run.data_dir / ".pbhost" / "control.json"
+    assert path.exists()
+    run.stop()
+    assert run.proc.returncode == 0 and not path.exists()
+    assert "control API at " + api.url in run.output()
+
+
+def test_api_off(project: Project) -> None:
+    run = project.serve(pbhost_args=("--api", "off"))
+    run.wait_line("pocketbase: started")
+    assert not (run.data_dir / ".pbhost" / "control.json").exists()
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", run.port + 1), timeout=2).close()
+
+
+def test_unix_socket_and_env_address(project: Project) -> None:
+    sock = project.root / "pm.sock"
+    run = project.serve(env={"PBHOST_API": f"unix:{sock}"})
+    api = Api(run)
+    assert api.url == f"unix:{sock}"
+    assert stat.S_IMODE(sock.stat().st_mode) == 0o600
+
+    class UnixConn(http.client.HTTPConnection):
+        def connect(self) -> None:
+            self.sock = socket.socket(socket.AF_UNIX)
+            self.sock.connect(str(sock))
+    conn = UnixConn("localhost", timeout=5)
+    conn.request("GET", "/api/pm/list", headers={"Authorization": f"Bearer {api.token}"})
+    resp = conn.getresponse()
+    assert resp.status == 200 and json.loads(resp.read())[0]["id"] == "pocketbase"
+    conn.close()
+    run.stop()
+    assert not sock.exists()
+
+
+def test_port_in_use_logs_an_error_and_pocketbase_keeps_running(project: Project) -> None:
+    port = free_port()
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", port + 1))
+        blocker.listen()
+        run = project.serve(port=port)
+        line = run.wait_line("control API: cannot listen on")
+        assert f"127.0.0.1:{port + 1}" in line and "--api" in line
+        assert run.healthy() and run.proc.poll() is None
+
+
+def test_non_loopback_address_logs_a_warning(project: Project) -> None:
+    api_port = free_port()
+    run = project.serve(pbhost_args=("--api", f"0.0.0.0:{api_port}"))
+    run.wait_line("reachable from other machines")
+    assert Api(run).get("/api/pm/list")[0] == 200
+
+
+def test_a_bad_api_address_is_one_clear_line(project: Project) -> None:
+    run = project.serve(pbhost_args=("--api", "localhost:http"), wait_healthy=False)
+    assert run.wait_exit() == 2
+    out = run.output()
+    assert "pbhost: error: --api localhost:http: expected HOST:PORT, unix:PATH or off" in out
+    assert "Traceback" not in out and "pocketbase: started" not in out
