@@ -1,0 +1,192 @@
+"""`pbhost ls|start|stop|restart|logs` as a person runs them, against a real running pbhost."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from conftest import PbhostRun, Project, pbhost_env, pid_alive, wait_for
+
+PY = sys.executable
+TICKER = """
+    import os, time
+    n = 0
+    while True:
+        n += 1
+        print(f"tick {n}", flush=True)
+        time.sleep(0.1)
+"""
+
+
+def pbhost(cwd: Path, *args: str, env: dict[str, str] | None = None,
+           ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([PY, "-m", "pbhost", *args], cwd=cwd, env=pbhost_env(**(env or {})),
+                          capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PbhostRun]:
+    project = Project(tmp_path_factory.mktemp("cli"))
+    project.write("ticker.py", TICKER)
+    project.config([{"id": "ticker", "script": "ticker.py", "interpreter": PY},
+                    {"id": "later", "command": "sleep", "args": ["600"], "autostart": False}])
+    run = project.serve()
+    run.wait_line("control API at")
+    run.wait_line("[ticker][STDOUT] tick 5")
+    try:
+        yield run
+    finally:
+        run.stop()
+
+
+def api_list(run: PbhostRun) -> dict[str, dict]:
+    res = pbhost(run.root, "ls", "--json")
+    assert res.returncode == 0, res.stderr
+    return {p["id"]: p for p in json.loads(res.stdout)}
+
+
+def test_ls_prints_a_table(running: PbhostRun) -> None:
+    res = pbhost(running.root, "ls")
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert lines[0].split() == ["id", "pid", "status", "uptime", "restarts", "cpu", "memory"]
+    rows = {ln.split()[0]: ln.split() for ln in lines[1:] if ln.strip()}
+    procs = api_list(running)
+    pb = rows["pocketbase"]
+    assert pb[1] == str(procs["pocketbase"]["pid"]) and pb[2] == "running"
+    assert re.fullmatch(r"\d+[smhd]", pb[3]) and re.fullmatch(r"\d+\.\d%", pb[5])
+    assert pb[7] in ("KiB", "MiB", "GiB") and float(pb[6]) > 0
+    assert rows["ticker"][2] == "running"
+    assert rows["later"][1:3] == ["-", "stopped"]
+    assert list(rows) == ["pocketbase", "ticker", "later"]
+    assert "\x1b[" not in res.stdout  # no colour codes into a pipe
+
+
+def test_ls_json_and_the_list_alias(running: PbhostRun) -> None:
+    res = pbhost(running.root, "list", "--json")
+    assert res.returncode == 0
+    procs = json.loads(res.stdout)
+    assert [p["id"] for p in procs] == ["pocketbase", "ticker", "later"]
+    assert procs[1]["pid"] and procs[1]["status"] == "running"
+
+
+def test_unknown_id_names_the_known_ones(running: PbhostRun) -> None:
+    res = pbhost(running.root, "restart", "nope")
+    assert res.returncode == 1
+    assert res.stderr.strip() == ("pbhost: error: No process with id 'nope'. "
+                                  "Known ids: pocketbase, ticker, later.")
+
+
+def test_start_stop_restart(running: PbhostRun) -> None:
+    res = pbhost(running.root, "start", "later")
+    assert res.returncode == 0, res.stderr
+    pid = int(re.fullmatch(r"later started \(pid (\d+)\)\n", res.stdout).group(1))
+    assert pid_alive(pid)
+    res = pbhost(running.root, "restart", "later")
+    new = int(re.fullmatch(r"later restarted \(pid (\d+)\)\n", res.stdout).group(1))
+    assert new != pid and pid_alive(new) and not pid_alive(pid)
+    res = pbhost(running.root, "stop", "later")
+    assert res.stdout == "later stopped\n" and not pid_alive(new)
+    assert api_list(running)["later"]["status"] == "stopped"
+
+
+def test_logs_shows_the_last_lines(running: PbhostRun) -> None:
+    res = pbhost(running.root, "logs", "ticker", "-n", "3")
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert len(lines) == 3
+    assert all(re.fullmatch(r"\d\d:\d\d:\d\d \[ticker\]\[STDOUT\] tick \d+", ln) for ln in lines)
+    res = pbhost(running.root, "logs", "-n", "1000")
+    assert "[pocketbase][STDOUT] " in res.stdout and "[ticker][STDOUT] tick" in res.stdout
+
+
+def test_logs_follow_prints_new_lines_until_interrupted(running: PbhostRun) -> None:
+    proc = subprocess.Popen([PY, "-m", "pbhost", "logs", "ticker", "-f", "-n", "1"],
+                            cwd=running.root, env=pbhost_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        ticks = []
+        while len(ticks) < 5:
+            line = proc.stdout.readline()
+            assert line, proc.stderr.read()
+            ticks.append(int(line.rsplit(" ", 1)[1]))
+        assert ticks == list(range(ticks[0], ticks[0] + 5))  # the last one, then live ones
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(10) == 0
+        assert "Traceback" not in proc.stderr.read()
+    finally:
+        proc.kill()
+        proc.communicate()
+
+
+def test_logs_follow_ends_when_pbhost_stops(project: Project) -> None:
+    project.write("ticker.py", TICKER)
+    project.config([{"id": "ticker", "script": "ticker.py", "interpreter": PY}])
+    run = project.serve()
+    run.wait_line("control API at")
+    proc = subprocess.Popen([PY, "-m", "pbhost", "logs", "-f"], cwd=project.root,
+                            env=pbhost_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        while "[ticker][STDOUT] tick" not in (line := proc.stdout.readline()):
+            assert line, proc.stderr.read()  # all processes, merged: PocketBase's lines too
+        run.stop()
+        out, err = proc.communicate(timeout=15)
+        assert proc.returncode == 0
+        assert "the log stream ended (pbhost stopped)" in err
+    finally:
+        proc.kill()
+        proc.communicate()
+
+
+def test_nothing_running_and_stale_control_file(tmp_path: Path) -> None:
+    res = pbhost(tmp_path, "ls")
+    assert res.returncode == 1
+    assert res.stderr.startswith("pbhost: error: no pbhost is running for ./pb_data "
+                                 "(no .pbhost/control.json); start one with `pbhost serve`")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    control = tmp_path / "pb_data" / ".pbhost" / "control.json"
+    control.parent.mkdir(parents=True)
+    control.write_text(json.dumps({"url": "http://127.0.0.1:9", "token": "t", "pid": dead.pid}))
+    res = pbhost(tmp_path, "logs")
+    assert res.returncode == 1
+    assert f"(pid {dead.pid}) is no longer running (stale {control})" in res.stderr
+    control.write_text("{not json")
+    res = pbhost(tmp_path, "ls")
+    assert res.returncode == 1 and "is not a pbhost control file" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_dir_option_and_env_override_with_a_unix_socket(project: Project) -> None:
+    sock = project.root / "pm.sock"
+    run = project.serve("--dir", "data2", pbhost_args=("--api", f"unix:{sock}"))
+    control = project.root / "data2" / ".pbhost" / "control.json"
+    info = wait_for(lambda: json.loads(control.read_text()), 15, "control.json")
+    assert info["url"] == f"unix:{sock}"
+    res = pbhost(project.root, "ls", "--dir", "data2")
+    assert res.returncode == 0 and "pocketbase" in res.stdout
+    assert "no pbhost is running for ./pb_data" in pbhost(project.root, "ls").stderr
+    env = {"PBHOST_API_URL": f"unix:{sock}", "PBHOST_API_TOKEN": info["token"]}
+    res = pbhost(project.root / "data2", "ls", env=env)
+    assert res.returncode == 0 and "pocketbase" in res.stdout
+    res = pbhost(project.root, "ls", env={**env, "PBHOST_API_TOKEN": "wrong"})
+    assert res.returncode == 1
+    assert res.stderr.startswith("pbhost: error: the control API refused the token (401)")
+    run.stop()
+
+
+def test_unreachable_api_is_one_line(tmp_path: Path) -> None:
+    env = {"PBHOST_API_URL": "http://127.0.0.1:9", "PBHOST_API_TOKEN": "t"}
+    res = pbhost(tmp_path, "ls", env=env)
+    assert res.returncode == 1
+    assert res.stderr.startswith("pbhost: error: cannot reach pbhost's control API at "
+                                 "http://127.0.0.1:9: ")
+    assert len(res.stderr.splitlines()) == 1
