@@ -15,7 +15,7 @@ from typing import Any
 
 from .errors import PbhostError
 
-CONTROL_DIR = ".pbhost"
+CONTROL_DIR = ".pbhost"   # pbhost's own files in the data dir (also leftovers.py's state.json)
 CONTROL_FILE = "control.json"
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
@@ -88,16 +88,26 @@ def control_path(data_dir: Path) -> Path:
     return data_dir / CONTROL_DIR / CONTROL_FILE
 
 
-def write_control(data_dir: Path, info: ControlInfo) -> Path:
-    """Write control.json readable by its owner only (mode 0600 in a 0700 folder), atomically."""
-    path = control_path(data_dir)
+def write_private(path: Path, data: bytes) -> None:
+    """Replace `path` atomically with a file only its owner can read (0600 in a 0700 folder).
+
+    Used for every file pbhost keeps in `<data dir>/.pbhost/` (control.json, state.json).
+    """
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(path.parent, 0o700)  # an existing folder may have been created wider
-    tmp = path.with_name(f".{CONTROL_FILE}.{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump({"url": info.url, "token": info.token, "pid": info.pid}, f)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
     os.replace(tmp, path)
+
+
+def write_control(data_dir: Path, info: ControlInfo) -> Path:
+    path = control_path(data_dir)
+    write_private(path, json.dumps({"url": info.url, "token": info.token,
+                                    "pid": info.pid}).encode())
     return path
 
 

@@ -28,12 +28,13 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from . import proctable
+from .control import CONTROL_DIR, write_private
 from .errors import PbhostError
 from .proctable import ProcInfo
 
 log = logging.getLogger("pbhost")
 
-STATE_DIR = ".pbhost"          # shared with control.json: created 0700, other files left alone
+STATE_DIR = CONTROL_DIR        # shared with control.json: created 0700, other files left alone
 STATE_FILE = "state.json"
 RUN_ENV = "PBHOST_RUN_ID"
 LEFTOVER_GRACE = 3.0           # seconds between SIGTERM and SIGKILL for a previous run's leftovers
@@ -67,7 +68,6 @@ class Ledger:
                       "pbhost": {"pid": os.getpid(), "start": me.start if me else 0}}
         self._starts: dict[int, int] = {}   # pid -> start ticks, read once per child
         self._last: tuple[tuple[str, int], ...] | None = None
-        self._dir_ready = False
         self._broken = False                # could not write once: said so, stop trying
 
     def record(self, children: Iterable[tuple[str, int]]) -> None:
@@ -90,17 +90,7 @@ class Ledger:
                         "behind)", self.path, exc.strerror or exc)
 
     def _write(self, data: bytes) -> None:
-        if not self._dir_ready:
-            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            os.chmod(self.path.parent, 0o700)  # it may have been created wider by someone else
-            self._dir_ready = True
-        tmp = self.path.with_name(f".{STATE_FILE}.{os.getpid()}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, data)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
+        write_private(self.path, data)
 
     def clear(self) -> None:
         """A clean exit: nothing of ours is left, the next run has nothing to check."""

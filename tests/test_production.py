@@ -149,7 +149,7 @@ def test_gpu_workers_all_gone_after_stop(project: Project) -> None:
 def test_kill_9_children_die_and_the_next_run_ends_only_the_leftovers(project: Project) -> None:
     escaper_project(project)
     (project.root / "pb_data" / ".pbhost").mkdir(parents=True)
-    other = project.write("pb_data/.pbhost/control.json", "{}")  # another helper's file
+    other = project.write("pb_data/.pbhost/notes.json", "{}")  # a file the sweep must not touch
     run = project.serve()
     line = run.wait_line("[s][STDOUT] pid=")
     sidecar, inner, escaped = (ints(line, k)[0] for k in ("pid", "inner", "escaped"))
