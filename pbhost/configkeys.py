@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-# Ids that would be confused with pbhost's own log prefixes `[pocketbase]` and `[pbhost]`.
+# Ids that would be confused with pbhost's own log prefixes `[pocketbase]` and `[pbhost]`,
+# or that the control API's own routes (`/api/pm/list`, `/metrics`, `/logs`) would shadow.
 RESERVED_IDS = frozenset({"pocketbase", "pbhost"})
+API_ROUTE_IDS = frozenset({"list", "metrics", "logs"})
 PB_LOGS_CHOICES = ("stderr", "all", "none")
 
 _ID_RE = re.compile(r"[A-Za-z0-9_.-]+\Z")
@@ -78,6 +80,8 @@ def _parse_id(value: Any, fc: FieldContext) -> str:
         raise Invalid(f"may contain only letters, digits, '_', '.' and '-', got {describe(value)}")
     if text.lower() in RESERVED_IDS:
         raise Invalid(f'must not be "{text}": that name is reserved for pbhost\'s own log lines')
+    if text in API_ROUTE_IDS:
+        raise Invalid(f'must not be "{text}": the control API uses /api/pm/{text} for itself')
     return text
 
 

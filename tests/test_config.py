@@ -389,3 +389,15 @@ def test_find_config_explicit(tmp_path: Path) -> None:
         find_config("sub", tmp_path)
     assert info.value.problems == [
         "no pb_processes.json/pb_processes.yaml/pb_processes.yml in this folder"]
+
+
+@pytest.mark.parametrize("name", ["list", "metrics", "logs"])
+def test_ids_that_api_routes_would_shadow_are_refused(tmp_path: Path, name: str) -> None:
+    (tmp_path / "a.py").write_text("")
+    path = tmp_path / "pb_processes.json"
+    path.write_text(json.dumps([{"id": name, "script": "a.py"}]))
+    with pytest.raises(ConfigError) as info:
+        load_config(path, {})
+    assert info.value.problems == [
+        f'process "{name}": "id" must not be "{name}": the control API uses /api/pm/{name} '
+        'for itself']
