@@ -15,6 +15,7 @@ from .errors import UnknownProcess
 from .interpreter import plan_launch, sidecar_env
 from .localhttp import request_status
 from .pocketbase import PB_ID, PocketBaseInfo
+from .prespawn import pocketbase_env
 from .reaper import Reaper
 from .spawn import Child
 from .state import HEALTHY_RUN, ProcessState
@@ -91,9 +92,7 @@ class Host:
     # -- launching ------------------------------------------------------------------------
     def _pb_launch(self) -> Launch:
         s = self.settings
-        env = dict(s.environ)
-        if s.api_url and s.api_token:
-            env.update(PBHOST_API_URL=s.api_url, PBHOST_API_TOKEN_INTERNAL=s.api_token)
+        env = pocketbase_env(s.environ, s.api_url, s.api_token)
         return Launch([s.pb_binary, "serve", *s.serve_args], env, str(s.cwd), "direct")
 
     def _sidecar(self, spec: ProcessSpec) -> Supervisor:

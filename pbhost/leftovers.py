@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import secrets
 import signal
 import time
 from dataclasses import dataclass
@@ -28,25 +27,15 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from . import proctable
-from .control import CONTROL_DIR, write_private
+from .control import write_private
 from .errors import PbhostError
 from .proctable import ProcInfo
+from .runenv import RUN_ENV, STATE_FILE, state_path
 
 log = logging.getLogger("pbhost")
 
-STATE_DIR = CONTROL_DIR        # shared with control.json: created 0700, other files left alone
-STATE_FILE = "state.json"
-RUN_ENV = "PBHOST_RUN_ID"
 LEFTOVER_GRACE = 3.0           # seconds between SIGTERM and SIGKILL for a previous run's leftovers
 POLL = 0.02
-
-
-def state_path(data_dir: Path) -> Path:
-    return data_dir / STATE_DIR / STATE_FILE
-
-
-def new_run_id() -> str:
-    return secrets.token_hex(8)
 
 
 @dataclass(frozen=True)

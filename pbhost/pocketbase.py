@@ -11,25 +11,44 @@ import os
 import shutil
 import sys
 import sysconfig
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
 
 from .errors import BinaryNotFound
+
+# No dataclasses or typing here: importing them costs ~10 ms before PocketBase can start.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Mapping, Sequence
 
 PB_ID = "pocketbase"
 BINARY_NAME = "pocketbase.exe" if sys.platform == "win32" else "pocketbase"
 
 
-@dataclass(frozen=True)
 class PocketBaseInfo:
-    """What sidecars and the host need to know about the PocketBase they run next to."""
+    """What sidecars and the host need to know about the PocketBase they run next to.
+    A value: compared and hashed by its fields, not to be changed once made."""
 
-    url: str        # for local clients: a wildcard host becomes 127.0.0.1
-    host: str
-    port: int
-    data_dir: Path  # absolute
-    hooks_dir: Path  # absolute
+    __slots__ = ("url", "host", "port", "data_dir", "hooks_dir")
+
+    def __init__(self, url: str, host: str, port: int, data_dir: Path, hooks_dir: Path) -> None:
+        self.url = url              # for local clients: a wildcard host becomes 127.0.0.1
+        self.host = host
+        self.port = port
+        self.data_dir = data_dir    # absolute
+        self.hooks_dir = hooks_dir  # absolute
+
+    def _fields(self) -> tuple[str, str, int, Path, Path]:
+        return (self.url, self.host, self.port, self.data_dir, self.hooks_dir)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PocketBaseInfo) and self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        return (f"PocketBaseInfo(url={self.url!r}, host={self.host!r}, port={self.port!r}, "
+                f"data_dir={self.data_dir!r}, hooks_dir={self.hooks_dir!r})")
 
     @property
     def db_path(self) -> Path:

@@ -8,15 +8,15 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
-from .config import ProcessSpec, find_config, load_config
-from .control import ApiAddress, new_token, parse_api_address
+from . import prespawn
+from .config import LoadedConfig, ProcessSpec, find_config, load_config
+from .control import ApiAddress
 from .errors import ConfigError
 from .host import Host, HostSettings
-from .leftovers import RUN_ENV, Ledger, end_previous_run, new_run_id
+from .leftovers import Ledger
 from .logstream import LogStream, LogStreamHandler, want_color
-from .pocketbase import describe, find_binary
 from .procctl import set_child_subreaper
-from .systemd import Notifier, child_environ, stdout_is_journal
+from .systemd import Notifier, stdout_is_journal
 
 if TYPE_CHECKING:
     from .api import ApiHandle
@@ -33,17 +33,17 @@ def _setup_logging(stream: LogStream, verbose: bool) -> None:
     log.propagate = False
 
 
-def _load_processes(opts: Options, cwd: Path) -> Sequence[ProcessSpec]:
-    """The sidecars to run; a broken file means none (PocketBase still starts) unless --strict."""
-    path = find_config(opts.config, cwd)
+def _load_processes(opts: Options, cwd: Path,
+                    loaded: LoadedConfig | None) -> Sequence[ProcessSpec]:
+    """The sidecars to run; a broken file means none (PocketBase still starts) unless --strict
+    (which checked the file before PocketBase started: `loaded`)."""
+    path = loaded.path if loaded is not None else find_config(opts.config, cwd)
     if path is None:
         log.info("no pb_processes.json here: running PocketBase alone")
         return ()
     try:
-        loaded = load_config(path, os.environ)
+        loaded = loaded or load_config(path, os.environ)
     except ConfigError as exc:
-        if opts.strict:
-            raise
         for problem in exc.problems:
             log.error("%s: %s", exc.path, problem)
         log.error("the process file is broken: starting PocketBase without sidecars "
@@ -84,41 +84,42 @@ async def _close_api(task: asyncio.Task[ApiHandle | None]) -> None:
 
 def run_serve(opts: Options, serve_args: list[str]) -> int:
     cwd = Path.cwd()
-    binary = find_binary(opts.pocketbase, os.environ, cwd)
     stream = LogStream(1, color=want_color(1, os.environ, opts.color), fmt=opts.log_format,
                        timestamps=opts.timestamps, syslog_prefix=stdout_is_journal(os.environ))
-    _setup_logging(stream, opts.verbose)
-    run_id = new_run_id()
+    _setup_logging(stream, opts.verbose)  # first: ending a killed run's leftovers is logged
+    early = prespawn.EarlyOptions(opts.config, opts.pocketbase, opts.strict, opts.api)
+    taken = prespawn.take(early, serve_args, cwd)  # spawned before the imports (__main__)
+    start = taken or prespawn.start_pocketbase(early, serve_args, cwd, os.environ)
+    if taken is not None:
+        log.debug("PocketBase was spawned before click and asyncio were imported")
     notifier = Notifier.from_env(os.environ)
-    pb = describe(serve_args, cwd)
-    api = parse_api_address(opts.api, pb.port, cwd)
-    token = new_token() if api is not None else None
     settings = HostSettings(
-        pb_binary=binary, serve_args=serve_args, pb=pb, cwd=cwd,
-        processes=(), environ={**child_environ(os.environ), RUN_ENV: run_id},
-        api_url=api.url if api else None, api_token=token,
+        pb_binary=start.binary, serve_args=serve_args, pb=start.pb, cwd=cwd,
+        processes=(), environ=start.environ,
+        api_url=start.api.url if start.api else None, api_token=start.token,
         # Hidden knobs for tests: shorter healthy threshold, shorter health wait.
         healthy_run=_env_float("PBHOST_HEALTHY_SECONDS", 10.0),
         health_timeout=_env_float("PBHOST_HEALTH_TIMEOUT", 60.0))
 
     async def main() -> int:
         stream.start(asyncio.get_running_loop())
-        settings.processes = _load_processes(opts, cwd)
+        settings.processes = _load_processes(opts, cwd, start.loaded)
         _become_reaper()
-        end_previous_run(settings.pb.data_dir)
         host = Host(settings, stream, notifier=notifier,
-                    ledger=Ledger(settings.pb.data_dir, run_id))
+                    ledger=Ledger(settings.pb.data_dir, start.run_id))
+        api, token = start.api, start.token
         if api is None or token is None:
-            return await host.run()
+            return await host.run(pb_child=start.child)
         api_task = asyncio.get_running_loop().create_task(_serve_api(host, api, token))
         try:
-            return await host.run()
+            return await host.run(pb_child=start.child)
         finally:
             await _close_api(api_task)
 
     try:
         return asyncio.run(main())
     finally:
+        prespawn.stop(start)  # a no-op unless the host failed before it stopped PocketBase
         notifier.close()
         stream.close(timeout=2.0)
 

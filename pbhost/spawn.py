@@ -10,29 +10,49 @@ import fcntl
 import os
 import subprocess
 import time
-from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 from .procctl import pdeathsig_hook
+
+# No dataclasses or typing here: importing them costs ~10 ms before PocketBase can start.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Mapping, Sequence
 
 PIPE_SIZE = 1 << 20  # a big pipe lets a chatty child run ahead while the loop is busy
 
 
-@dataclass
 class Child:
     """A spawned child. The Popen object is kept only so that it is not collected early:
     the reaper, not Popen, collects the exit status."""
 
-    pid: int
-    popen: subprocess.Popen[bytes]
-    out_fd: int          # non-blocking read ends, handed to the log stream
-    err_fd: int
-    started: float       # time.monotonic()
-    started_wall: float  # time.time(), for the API
+    __slots__ = ("pid", "popen", "out_fd", "err_fd", "started", "started_wall")
+
+    def __init__(self, pid: int, popen: subprocess.Popen[bytes], out_fd: int, err_fd: int,
+                 started: float, started_wall: float) -> None:
+        self.pid = pid
+        self.popen = popen
+        self.out_fd = out_fd            # non-blocking read ends, handed to the log stream
+        self.err_fd = err_fd
+        self.started = started          # time.monotonic()
+        self.started_wall = started_wall  # time.time(), for the API
+
+    def __repr__(self) -> str:
+        return f"Child(pid={self.pid})"
 
     @property
     def pgid(self) -> int:
         return self.pid  # start_new_session makes the child its own group leader
+
+
+def killpg(pgid: int, sig: int) -> bool:
+    """Signal a whole process group; False when it is already gone (ESRCH)."""
+    try:
+        os.killpg(pgid, sig)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # a member changed uid; the group still exists
 
 
 class SpawnError(OSError):

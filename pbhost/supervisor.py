@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 from .reaper import Reaper, describe_status, exit_code
-from .spawn import Child, SpawnError, spawn
+from .spawn import Child, SpawnError, killpg, spawn
 from .state import HEALTHY_RUN, ProcessState, backoff_delay, can_move, gives_up
 
 if TYPE_CHECKING:
@@ -45,17 +44,6 @@ class Policy:
     stop_timeout: float = 5.0
     healthy_run: float = HEALTHY_RUN
     needs_ready: bool = False  # True: stays STARTING until the host calls mark_running()
-
-
-def killpg(pgid: int, sig: int) -> bool:
-    """Signal a whole process group; False when it is already gone (ESRCH)."""
-    try:
-        os.killpg(pgid, sig)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # a member changed uid; the group still exists
 
 
 def group_alive(pgid: int) -> bool:

@@ -14,15 +14,13 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, Sequence
 
+
 if TYPE_CHECKING:
     from .cli import Options
     from .supervisor import Supervisor
 
 log = logging.getLogger("pbhost")
 
-# Variables meant for pbhost alone: a sidecar that saw them could claim to be the service
-# (READY=1 before PocketBase is healthy) or be held to pbhost's watchdog.
-OWN_VARIABLES = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 
 
 class Notifier:
@@ -114,10 +112,6 @@ def _socket_address(value: str) -> str | bytes:
     if value.startswith("@"):
         return b"\0" + value[1:].encode()
     return value
-
-
-def child_environ(environ: Mapping[str, str]) -> dict[str, str]:
-    return {k: v for k, v in environ.items() if k not in OWN_VARIABLES}
 
 
 def stdout_is_journal(environ: Mapping[str, str], fd: int = 1) -> bool:

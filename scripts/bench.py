@@ -1,0 +1,88 @@
+"""Every performance figure of pbhost in one table, against baselines measured in the same run.
+
+    python scripts/bench.py [--quick] [--json FILE] [--only NAME ...] [--runs N]
+    make bench [QUICK=1] [JSON=FILE]
+
+Each figure runs real processes (real PocketBase, real Python sidecars, the `pbhost` console
+script) several times and shows the median, the spread (min-max) and, where a baseline exists,
+the difference or ratio against that baseline measured in the same run. Absolute numbers vary
+by machine; the differences and ratios are what carry over.
+
+Figures from other parts of pbhost come from their own scripts, each exposing
+`run(quick) -> dict`: scripts/bench_logs.py (log stream), scripts/bench_reload.py (hot reload),
+scripts/bench_api.py (control API). A script that is not there yet shows "n/a (pending)".
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib
+import json
+import os
+import platform
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import benchcore  # noqa: E402
+import benchreport  # noqa: E402
+from benchreport import Row  # noqa: E402
+
+SCRIPTS = Path(__file__).resolve().parent
+
+# name -> (function(quick, runs) -> rows)
+FIGURES: dict[str, Callable[[bool, int], list[Row]]] = {
+    "startup": benchcore.startup,
+    "shutdown": benchcore.shutdown,
+    "restart": benchcore.restart,
+    "idle": benchcore.idle_and_crash_loop,
+    "logs": lambda quick, runs: helper_rows("bench_logs", "log stream", quick),
+    "reload": lambda quick, runs: helper_rows("bench_reload", "reload", quick),
+    "api": lambda quick, runs: helper_rows("bench_api", "control API", quick),
+}
+
+
+def helper_rows(module: str, label: str, quick: bool) -> list[Row]:
+    """Figures of a helper script's `run(quick)`, or one "n/a (pending)" row if it is absent."""
+    if not (SCRIPTS / f"{module}.py").exists():
+        return [Row(label, None, note=f"n/a (pending: scripts/{module}.py)")]
+    result = importlib.import_module(module).run(quick)
+    return benchreport.rows_from_helper(label, result)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer runs, 10 s CPU windows "
+                        "(under 2 minutes)")
+    parser.add_argument("--json", metavar="FILE", help="also write every figure here")
+    parser.add_argument("--only", nargs="+", choices=sorted(FIGURES), metavar="NAME",
+                        help="only these figures: " + ", ".join(FIGURES))
+    parser.add_argument("--runs", type=int, help="runs per timed figure (default 11, quick 5)")
+    args = parser.parse_args()
+    runs = args.runs or (5 if args.quick else 11)
+    rows: list[Row] = []
+    started = datetime.datetime.now()
+    for name in args.only or FIGURES:
+        print(f"... {name}", file=sys.stderr, flush=True)
+        try:
+            rows.extend(FIGURES[name](args.quick, runs))
+        except Exception as exc:  # one broken figure must not hide the others
+            traceback.print_exc()
+            rows.append(Row(name, None, note=f"failed: {exc}"))
+    machine = {"date": started.strftime("%Y-%m-%d %H:%M"), "cpus": os.cpu_count(),
+               "python": platform.python_version(), "kernel": platform.release(),
+               "quick": args.quick, "runs": runs,
+               "seconds": round((datetime.datetime.now() - started).total_seconds(), 1)}
+    print(benchreport.table(rows, machine))
+    if args.json:
+        Path(args.json).write_text(json.dumps(
+            {"machine": machine, "rows": [r.as_dict() for r in rows]}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

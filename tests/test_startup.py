@@ -1,0 +1,168 @@
+"""The fast start path: PocketBase is spawned before click and asyncio are imported, and every
+way out of start-up still leaves no PocketBase behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import Project, free_port, pbhost_env, pid_alive, wait_for
+from pbhost import prespawn
+from pbhost.cli import cli
+
+# Stands in for the pocketbase binary where a test must know its pid at once: it records its
+# pid, starts a child in its group, and waits (exec keeps the pid) until signalled.
+FAKE_PB = """\
+#!/bin/sh
+sleep 600 &
+echo "$$ $!" > "$0.pids"
+exec sleep 600
+"""
+
+
+def fake_pocketbase(project: Project) -> Path:
+    return project.write("fakepb", FAKE_PB, mode=0o755)
+
+
+def recorded_pids(fake: Path) -> list[int]:
+    pids_file = Path(f"{fake}.pids")
+    return [int(p) for p in pids_file.read_text().split()] if pids_file.exists() else []
+
+
+def run_pbhost(project: Project, *args: str, env: dict[str, str] | None = None,
+               timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pbhost", *args], cwd=project.root,
+                          env=pbhost_env(**(env or {})), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def processes_mentioning(text: str) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if text.encode() in cmdline and pid_alive(int(entry)):
+                found.append(int(entry))
+    return found
+
+
+def test_option_click_refuses_after_the_early_spawn_stops_that_pocketbase(
+        project: Project) -> None:
+    fake = fake_pocketbase(project)
+    res = run_pbhost(project, "--pocketbase", str(fake), "--log-format", "xml", "serve")
+    assert res.returncode == 2
+    assert "Invalid value for '--log-format'" in res.stderr
+    assert "Traceback" not in res.stderr
+    pids = recorded_pids(fake)
+    assert pids, "the fast path did not spawn PocketBase before click ran"
+    wait_for(lambda: not any(pid_alive(p) for p in pids), 5, "the early PocketBase group gone")
+
+
+def test_refused_option_leaves_no_real_pocketbase(project: Project) -> None:
+    data = project.root / "refused_option_data"
+    res = run_pbhost(project, "--log-format", "xml", "serve", "--http",
+                     f"127.0.0.1:{free_port()}", "--dir", str(data))
+    assert res.returncode == 2
+    assert "Invalid value for '--log-format'" in res.stderr
+    wait_for(lambda: not processes_mentioning(str(data)), 5, "no pocketbase left")
+
+
+def test_strict_refuses_a_broken_file_before_pocketbase_starts(project: Project) -> None:
+    fake = fake_pocketbase(project)
+    project.write("pb_processes.json", '[{"id": "a", "scrpit": "a.py"}]')
+    res = run_pbhost(project, "--strict", "--pocketbase", str(fake), "serve")
+    assert res.returncode == 2
+    assert "pb_processes.json" in res.stderr and "scrpit" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert recorded_pids(fake) == [], "PocketBase was started despite --strict"
+
+
+def test_strict_from_the_environment_also_checks_first(project: Project) -> None:
+    fake = fake_pocketbase(project)
+    project.write("pb_processes.json", "[{")
+    res = run_pbhost(project, "--pocketbase", str(fake), "serve", env={"PBHOST_STRICT": "yes"})
+    assert res.returncode == 2
+    assert recorded_pids(fake) == []
+
+
+def test_sigterm_during_startup_stops_pocketbase_and_exits_0(project: Project) -> None:
+    fake = fake_pocketbase(project)
+    proc = subprocess.Popen([sys.executable, "-m", "pbhost", "--pocketbase", str(fake), "serve"],
+                            cwd=project.root, env=pbhost_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        pids = wait_for(lambda: recorded_pids(fake), 10, "the early PocketBase's pid file")
+        proc.send_signal(signal.SIGTERM)  # most likely while pbhost is still importing
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    wait_for(lambda: not any(pid_alive(p) for p in pids), 5, "the PocketBase group gone")
+
+
+def test_served_pocketbase_is_the_early_one(project: Project) -> None:
+    """The host adopts the child the fast path spawned instead of starting a second one."""
+    run = project.serve(pbhost_args=("-v",))
+    run.wait_line("PocketBase was spawned before click and asyncio were imported")
+    line = run.wait_line("pocketbase: started (pid")
+    pid = int(line.rsplit("pid ", 1)[1].rstrip(")"))
+    assert pid_alive(pid)
+    assert run.output().count("pocketbase: started") == 1
+    assert len(processes_mentioning(f"127.0.0.1:{run.port}")) == 2  # pbhost and PocketBase
+
+
+# -- the quick reading of argv ------------------------------------------------------------
+@pytest.mark.parametrize("argv, expected", [
+    (["serve"], (None, None, False, [])),
+    (["serve", "--http", "0.0.0.0:80", "--dir", "/d"], (None, None, False,
+                                                        ["--http", "0.0.0.0:80", "--dir", "/d"])),
+    (["-c", "x.yaml", "--pocketbase", "./pb", "serve"], ("x.yaml", "./pb", False, [])),
+    (["--config=x.json", "--strict", "-v", "--no-color", "serve", "-v"],
+     ("x.json", None, True, ["-v"])),
+    (["--api", "off", "--log-format", "json", "--timestamps", "serve"], (None, None, False, [])),
+])
+def test_parse_early_reads_what_decides_the_spawn(argv: list[str], expected: tuple) -> None:
+    parsed = prespawn.parse_early(argv, {})
+    assert parsed is not None
+    opts, serve_args = parsed
+    assert (opts.config, opts.pocketbase, opts.strict, serve_args) == expected
+
+
+@pytest.mark.parametrize("argv", [
+    [], ["--version"], ["--help"], ["check"], ["list"], ["serve", "--help"], ["serve", "-h"],
+    ["-vc", "x.json", "serve"], ["--config"], ["--strict=1", "serve"], ["--bogus", "serve"],
+])
+def test_parse_early_steps_aside_for_anything_else(argv: list[str]) -> None:
+    assert prespawn.parse_early(argv, {}) is None
+
+
+def test_parse_early_reads_the_environment_like_click() -> None:
+    env = {"PBHOST_CONFIG": "e.json", "PBHOST_POCKETBASE": "/e/pb", "PBHOST_STRICT": "On"}
+    opts, _ = prespawn.parse_early(["serve"], env) or (None, None)
+    assert opts is not None and (opts.config, opts.pocketbase, opts.strict) == \
+        ("e.json", "/e/pb", True)
+    opts, _ = prespawn.parse_early(["-c", "o.json", "serve"], env) or (None, None)
+    assert opts is not None and opts.config == "o.json"  # the option wins, as in click
+    assert prespawn.parse_early(["serve"], {"PBHOST_STRICT": "maybe"}) is None
+
+
+def test_early_option_table_matches_the_click_options() -> None:
+    declared: dict[str, bool] = {}  # option string -> is a flag
+    for param in cli.params:
+        if param.name in ("version",):
+            continue  # eager and exits: the fast path must not know it
+        for name in [*param.opts, *getattr(param, "secondary_opts", [])]:
+            declared[name] = bool(getattr(param, "is_flag", False))
+    known = {**{n: False for n in prespawn.VALUE_OPTIONS}, **{n: True for n in prespawn.FLAG_OPTIONS}}
+    assert known == declared
