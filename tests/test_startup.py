@@ -166,3 +166,22 @@ def test_early_option_table_matches_the_click_options() -> None:
             declared[name] = bool(getattr(param, "is_flag", False))
     known = {**{n: False for n in prespawn.VALUE_OPTIONS}, **{n: True for n in prespawn.FLAG_OPTIONS}}
     assert known == declared
+
+
+def test_early_pocketbase_gets_the_runs_environment(project: Project) -> None:
+    """Spawned before systemd.py and leftovers.py are loaded, PocketBase still carries the run
+    id the next run looks for, and not pbhost's own NOTIFY_SOCKET."""
+    project.write("env.py", """
+        import os, time
+        print("run=" + os.environ["PBHOST_RUN_ID"], flush=True)
+        time.sleep(600)
+    """)
+    project.config([{"id": "env", "script": "env.py", "interpreter": sys.executable}])
+    run = project.serve(env={"NOTIFY_SOCKET": "@pbhost-test-none"})
+    run_id = run.wait_line("[env][STDOUT] run=").rsplit("=", 1)[1]
+    line = run.wait_line("pocketbase: started (pid")
+    pb_pid = int(line.split("(pid ", 1)[1].split(")")[0].split(",")[0])
+    pb_env = dict(item.split("=", 1) for item in
+                  Path(f"/proc/{pb_pid}/environ").read_text().split("\0") if "=" in item)
+    assert pb_env.get("PBHOST_RUN_ID") == run_id
+    assert "NOTIFY_SOCKET" not in pb_env
