@@ -42,7 +42,7 @@ def _fmt(value: float | None, unit: str) -> str:
     if value is None:
         return "-"
     if unit == "s":
-        return f"{value:.3f} s"
+        return f"{value:.4f} s" if value < 0.1 else f"{value:.3f} s"
     if unit == "ms":
         return f"{value:.1f} ms"
     if unit in ("lines/s",):
