@@ -40,7 +40,7 @@ FIGURES: dict[str, Callable[[bool, int], list[Row]]] = {
     "shutdown": benchcore.shutdown,
     "restart": benchcore.restart,
     "idle": benchcore.idle_and_crash_loop,
-    "logs": lambda quick, runs: helper_rows("bench_logs", "log stream", quick),
+    "logs": lambda quick, runs: log_rows(quick),
     "reload": lambda quick, runs: reload_rows(quick),
     "api": lambda quick, runs: helper_rows("bench_api", "control API", quick),
 }
@@ -52,6 +52,22 @@ def helper_rows(module: str, label: str, quick: bool) -> list[Row]:
         return [Row(label, None, note=f"n/a (pending: scripts/{module}.py)")]
     result = importlib.import_module(module).run(quick)
     return benchreport.rows_from_helper(label, result)
+
+
+def log_rows(quick: bool) -> list[Row]:
+    if not (SCRIPTS / "bench_logs.py").exists():
+        return helper_rows("bench_logs", "log stream", quick)
+    r = importlib.import_module("bench_logs").run(quick)
+    rows = [Row(f"log throughput, {k} child{'ren' if k > 1 else ''} (pbhost serve)",
+                round(r[f"serve_{k}child_lines_per_s"]), "lines/s",
+                f"{r[f'serve_{k}child_min']:,.0f}-{r[f'serve_{k}child_max']:,.0f}",
+                note=f"peak RSS {r[f'serve_{k}child_peak_rss_mib']:.0f} MiB")
+            for k in (1, 4)]
+    rows.append(Row("child's write time under pbhost vs into `cat > file`",
+                    round(r["serve_py_writer_ratio"], 2), "x",
+                    f"{r['serve_py_writer_ratio_min']:.2f}-{r['serve_py_writer_ratio_max']:.2f}",
+                    baseline="cat > file = 1.00"))
+    return rows
 
 
 def reload_rows(quick: bool) -> list[Row]:

@@ -194,6 +194,9 @@ class Project:
         self.runs.append(run)
         if wait_healthy:
             run.wait_healthy()
+            # PocketBase, spawned before pbhost's imports, may answer before pbhost has logged
+            # its start: wait until pbhost has seen it healthy too.
+            run.wait_line("PocketBase is healthy")
         return run
 
 

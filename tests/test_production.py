@@ -93,8 +93,9 @@ def markers(path: Path) -> set[int]:
 
 
 def wait_grands(run: PbhostRun, n: int = 2) -> None:
-    """Grandchildren print `grand=` once their SIGTERM handler is in place."""
-    run.wait_line("[STDOUT] grand=", count=n)
+    """Grandchildren print `grand=` once their SIGTERM handler is in place. Unbuffered print()
+    writes the text and the newline separately, so two of them can share a line: count words."""
+    wait_for(lambda: run.output().count("grand=") >= n, 15, f"{n} x grand= in pbhost output")
 
 
 def escaper_project(project: Project, proc_id: str = "s") -> Path:
