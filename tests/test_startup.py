@@ -185,3 +185,5 @@ def test_early_pocketbase_gets_the_runs_environment(project: Project) -> None:
                   Path(f"/proc/{pb_pid}/environ").read_text().split("\0") if "=" in item)
     assert pb_env.get("PBHOST_RUN_ID") == run_id
     assert "NOTIFY_SOCKET" not in pb_env
+    assert pb_env.get("PBHOST_API_URL") == f"http://127.0.0.1:{run.port + 1}"
+    assert len(pb_env.get("PBHOST_API_TOKEN_INTERNAL", "")) >= 32
