@@ -8,74 +8,15 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import PbhostError
+from .apiaddr import (LOOPBACK, ApiAddress, ApiAddressError,  # noqa: F401 (re-exported)
+                      new_token, parse_api_address)
 
 CONTROL_DIR = ".pbhost"   # pbhost's own files in the data dir (also leftovers.py's state.json)
 CONTROL_FILE = "control.json"
-LOOPBACK = ("127.0.0.1", "::1", "localhost")
-
-
-class ApiAddressError(PbhostError):
-    """--api / PBHOST_API holds something that is not an address."""
-
-    exit_code = 2
-
-
-@dataclass(frozen=True)
-class ApiAddress:
-    """Where the control API listens: a TCP host and port, or a unix socket path."""
-
-    host: str = ""
-    port: int = 0
-    path: str = ""      # set for a unix socket
-
-    @property
-    def url(self) -> str:
-        if self.path:
-            return f"unix:{self.path}"
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
-
-    @property
-    def loopback(self) -> bool:
-        return bool(self.path) or self.host in LOOPBACK or self.host.startswith("127.")
-
-
-def parse_api_address(value: str | None, pb_port: int, cwd: Path) -> ApiAddress | None:
-    """`HOST:PORT`, `unix:PATH`, `off` (None) or nothing (127.0.0.1:<PocketBase port + 1>)."""
-    text = (value or "").strip()
-    if not text:
-        return ApiAddress("127.0.0.1", _port(str(pb_port + 1), "<PocketBase port + 1>"))
-    if text.lower() == "off":
-        return None
-    if text.startswith("unix:"):
-        path = text[len("unix:"):]
-        if not path:
-            raise ApiAddressError("--api unix:PATH needs a socket path, e.g. unix:/run/pbhost.sock")
-        return ApiAddress(path=str((cwd / path).resolve()))
-    host, sep, port = text.rpartition(":")
-    if not sep:
-        host, port = "", text  # a bare port number
-    host = host.strip("[]") or "127.0.0.1"  # an empty host stays on loopback, never all interfaces
-    return ApiAddress(host, _port(port, text))
-
-
-def _port(text: str, shown: str) -> int:
-    if not text.isdigit() or not 0 < int(text) < 65536:
-        raise ApiAddressError(f"--api {shown!s}: expected HOST:PORT, unix:PATH or off "
-                              "(e.g. 127.0.0.1:8091)")
-    return int(text)
-
-
-def new_token() -> str:
-    return secrets.token_urlsafe(32)
-
-
 # -- control.json ------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ControlInfo:

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from typing import Mapping, Sequence
 
     from .config import LoadedConfig
-    from .control import ApiAddress
+    from .apiaddr import ApiAddress
 
 # pbhost's own options, as cli.py declares them (tests/test_startup.py checks the two agree):
 # those that take a value, by the Options field they fill, and the flags.
@@ -142,8 +142,8 @@ def start_pocketbase(opts: EarlyOptions, serve_args: Sequence[str], cwd: Path,
     pb = describe(serve_args, cwd)
     _end_previous_run(pb.data_dir)
     set_child_subreaper()  # before the first spawn: what PocketBase orphans comes to us
-    # control.py costs a few ms before the spawn, but PocketBase's env must name the API.
-    from .control import new_token, parse_api_address
+    # PocketBase's env must name the API; apiaddr.py is import-light for this reason.
+    from .apiaddr import new_token, parse_api_address
     api = parse_api_address(opts.api, pb.port, cwd)
     token = new_token() if api is not None else None
     run_id = new_run_id()
