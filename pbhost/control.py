@@ -17,6 +17,8 @@ from .apiaddr import (LOOPBACK, ApiAddress, ApiAddressError,  # noqa: F401 (re-e
 
 CONTROL_DIR = ".pbhost"   # pbhost's own files in the data dir (also leftovers.py's state.json)
 CONTROL_FILE = "control.json"
+
+
 # -- control.json ------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ControlInfo:

@@ -77,6 +77,7 @@ class Host:
         self.reloaders: list[Reloader] = []
         self.started = asyncio.Event()  # set once the autostart sidecars have been spawned
         self.forced = False  # a second Ctrl-C killed everything at once
+        self._track_pending = False
         self.sweeper = Sweeper(lambda: [s.pid for s in self.supervisors if s.pid])
 
     @property
@@ -118,12 +119,20 @@ class Host:
 
     def _keep_track(self, sup: Supervisor) -> None:
         """state.json, systemd's STATUS and the escapee sweep follow every state change."""
+        if not self._track_pending:
+            # Once per loop turn, after the current callback: a restart's exit -> starting ->
+            # running is one write, made after the spawn rather than in front of it.
+            self._track_pending = True
+            asyncio.get_running_loop().call_soon(self._write_track)
+        if sup is not self.pocketbase and sup.child is None and sup.last_exit is not None:
+            self.sweeper.after_exit(sup.id, sup.policy.stop_timeout)
+
+    def _write_track(self) -> None:
+        self._track_pending = False
         if self.ledger is not None:
             self.ledger.record((s.id, s.pid) for s in self.supervisors if s.pid)
         if self.notifier.enabled:
             self.notifier.status(status_line(self.supervisors))
-        if sup is not self.pocketbase and sup.child is None and sup.last_exit is not None:
-            self.sweeper.after_exit(sup.id, sup.policy.stop_timeout)
 
     # -- health ---------------------------------------------------------------------------
     def _watch_health(self) -> None:
@@ -221,6 +230,7 @@ class Host:
         self.reaper.reap()  # anything adopted that exited during the stop
         if self.ledger is not None:
             self.ledger.clear()
+            self.ledger = None  # a state change still queued must not write it again
 
 
 async def health_ok(pb: PocketBaseInfo, timeout: float = 1.0) -> bool:

@@ -23,6 +23,7 @@ from .proctable import ProcInfo
 
 log = logging.getLogger("pbhost")
 POLL = 0.02
+SWEEP_DELAY = 0.1  # after a sidecar's exit: lets its replacement start before /proc is scanned
 KILL_WAIT = 1.0  # after SIGKILL: time for the kernel to take them before pbhost exits
 
 
@@ -49,7 +50,7 @@ class Sweeper:
         if proc_id in self._pending:
             return
         self._pending.add(proc_id)
-        asyncio.get_running_loop().call_soon(self._sweep_one, proc_id, grace)
+        asyncio.get_running_loop().call_later(SWEEP_DELAY, self._sweep_one, proc_id, grace)
 
     def _sweep_one(self, proc_id: str, grace: float) -> None:
         self._pending.discard(proc_id)
