@@ -33,22 +33,11 @@ sys.path.insert(0, str(ROOT))
 
 from pbhost.procstat import scan_groups  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "scripts"))
+from benchkit import free_port  # noqa: E402
+
 SIDECARS = 9
 IDLE = "import os, time\nprint(f'pid={os.getpid()}', flush=True)\ntime.sleep(3600)\n"
-
-
-def _free_port_pair() -> int:
-    import socket
-    for _ in range(50):
-        with socket.socket() as a, socket.socket() as b:
-            a.bind(("127.0.0.1", 0))
-            port = a.getsockname()[1]
-            try:
-                b.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port pair")
 
 
 def _pid_gone(pid: int) -> bool:
@@ -67,7 +56,7 @@ class Pbhost:
                  for i in range(SIDECARS)]
         (workdir / "pb_processes.json").write_text(json.dumps(procs))
         env = dict(os.environ, PYTHONPATH=str(ROOT))
-        self.port = _free_port_pair()
+        self.port = free_port()
         self.out = open(workdir / "pbhost.out", "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pbhost", "serve", "--http", f"127.0.0.1:{self.port}"],
