@@ -76,6 +76,17 @@ def _records(proc_id: str, stream: str, ts: float, block: bytes) -> list[LogReco
     return [LogRecord(ts, proc_id, stream, line) for line in text.split("\n")[:-1]]
 
 
+class _Sub:
+    """A subscriber: its callback and, optionally, which (id, stream) pairs it wants."""
+
+    __slots__ = ("fn", "wants")
+
+    def __init__(self, fn: Callable[[LogRecord], None],
+                 wants: Callable[[str, str], bool] | None) -> None:
+        self.fn = fn
+        self.wants = wants
+
+
 class _Reader:
     """One attached pipe: its partial line, its prefix and its progress-bar throttle."""
 
@@ -105,7 +116,7 @@ class LogStream:
         self._rings: dict[str, _Ring] = {}
         self._prefixes: dict[tuple[str, str], bytes] = {}
         self._readers: dict[int, _Reader] = {}
-        self._subs: list[Callable[[LogRecord], None]] = []
+        self._subs: list[_Sub] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self.register(SYSTEM_ID)
 
@@ -165,13 +176,17 @@ class LogStream:
             raise UnknownProcess(proc_id)
         return ring.tail(proc_id, n)
 
-    def subscribe(self, fn: Callable[[LogRecord], None]) -> Callable[[], None]:
-        """Call `fn` for every line from now on; returns the function that stops it."""
-        self._subs.append(fn)
+    def subscribe(self, fn: Callable[[LogRecord], None],
+                  wants: Callable[[str, str], bool] | None = None) -> Callable[[], None]:
+        """Call `fn` for every line from now on, or only for the lines of the (id, stream)
+        pairs `wants` accepts (asked once per chunk: a chunk nobody wants is never split into
+        records, which keeps a flood cheap); returns the function that stops it."""
+        sub = _Sub(fn, wants)
+        self._subs.append(sub)
 
         def unsubscribe() -> None:
-            if fn in self._subs:
-                self._subs.remove(fn)
+            if sub in self._subs:
+                self._subs.remove(sub)
         return unsubscribe
 
     def close(self, timeout: float) -> None:
@@ -272,12 +287,17 @@ class LogStream:
         return self._render.system(logging.WARNING, block, ts)
 
     def _publish(self, proc_id: str, stream: str, ts: float, block: bytes) -> None:
+        subs = [sub for sub in self._subs if sub.wants is None or sub.wants(proc_id, stream)]
+        if not subs:
+            return
         for rec in _records(proc_id, stream, ts, block):
-            for fn in list(self._subs):
+            for sub in subs:
+                if sub not in self._subs:
+                    continue  # removed meanwhile
                 try:
-                    fn(rec)
+                    sub.fn(rec)
                 except Exception:  # a broken follower must not break the stream
-                    self._subs.remove(fn)
+                    self._subs.remove(sub)
 
 
 class LogStreamHandler(logging.Handler):

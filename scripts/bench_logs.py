@@ -61,11 +61,15 @@ def child_pipe() -> tuple[int, int]:
     return r, w
 
 
-async def _drive(out_fd: int, argvs: dict[str, list[str]],
-                 close_timeout: float = 30.0) -> tuple[float, float, LogStream]:
-    """Run the children through a LogStream: (seconds to the last EOF, to output flushed)."""
+async def _drive(out_fd: int, argvs: dict[str, list[str]], close_timeout: float = 30.0,
+                 setup: Callable[[LogStream], object] | None = None,
+                 ) -> tuple[float, float, LogStream]:
+    """Run the children through a LogStream: (seconds to the last EOF, to output flushed).
+    `setup` gets the started stream first (to subscribe to it, say)."""
     stream = LogStream(out_fd)
     stream.start(asyncio.get_running_loop())
+    if setup is not None:
+        setup(stream)
     t0 = time.perf_counter()
     procs = []
     for pid, argv in argvs.items():

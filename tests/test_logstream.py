@@ -407,6 +407,24 @@ def test_tail_keeps_last_lines_and_subscribers_follow(tmp_path: Path) -> None:
     assert [r.text for r in seen] == [f"line {i}" for i in range(5000)]
 
 
+def test_a_subscriber_gets_only_the_lines_it_wants(tmp_path: Path) -> None:
+    seen: list[LogRecord] = []
+    asked: set[tuple[str, str]] = set()
+
+    def wants(proc_id: str, stream: str) -> bool:
+        asked.add((proc_id, stream))
+        return stream == "stderr"
+
+    async def body(stream: LogStream) -> None:
+        stream.subscribe(seen.append, wants)
+        await finish(stream, spawn(stream, "w", "import sys\nfor i in range(3):\n"
+                                   "    print(f'out {i}', flush=True)\n"
+                                   "    print(f'err {i}', file=sys.stderr, flush=True)"))
+    run_with_file(tmp_path, body)
+    assert [(r.stream, r.text) for r in seen] == [("stderr", f"err {i}") for i in range(3)]
+    assert asked == {("w", "stdout"), ("w", "stderr")}
+
+
 def test_close_restores_output_flags() -> None:
     cap = Capture()
     before = fcntl.fcntl(cap.w, fcntl.F_GETFL)
