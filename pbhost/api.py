@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Mapping
 from .auth import Authenticator
 from .control import ApiAddress, ControlInfo, control_path, remove_control, write_control
 from .errors import UnknownProcess
-from .host import pb_host
 from .httpserver import HttpServer, Request, Response, Send, StreamResponse
 from .procstat import GroupStats, Usage
 from .state import ProcessState
@@ -302,7 +301,8 @@ async def start_api(host: Host, addr: ApiAddress, token: str,
                     environ: Mapping[str, str]) -> ApiHandle | None:
     """Listen on `addr` and write control.json; None (logged) if the address cannot be used."""
     pb = host.settings.pb
-    auth = Authenticator([token, environ.get("PBHOST_API_TOKEN", "")], pb_host(pb), pb.port)
+    auth = Authenticator([token, environ.get("PBHOST_API_TOKEN", "")], pb.local_host,
+                         pb.port)
     server = HttpServer(ControlApi(host, auth).handle, error)
     try:
         if addr.path:

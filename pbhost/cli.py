@@ -33,6 +33,7 @@ class Options:
     timestamps: bool
     strict: bool
     verbose: bool
+    pb_hooks: bool
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"],
@@ -52,6 +53,9 @@ class Options:
 @click.option("--timestamps", is_flag=True, help="Start each log line with the time.")
 @click.option("--strict", is_flag=True,
               help="A broken process file is fatal instead of starting PocketBase alone.")
+@click.option("--pb-hooks/--no-pb-hooks", default=True, show_default=True,
+              help="Install pbhost.pb.js into PocketBase's hooks dir: /api/pm/* on "
+                   "PocketBase's port and sidecar logs in its dashboard (PBHOST_PB_HOOKS=0: off).")
 @click.option("-v", "--verbose", is_flag=True, help="Also show pbhost's debug messages.")
 @click.version_option(__version__, prog_name="pbhost")
 @click.pass_context

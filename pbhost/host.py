@@ -9,7 +9,7 @@ import os
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import TYPE_CHECKING, Awaitable, Callable, Mapping, Sequence
 
 from .errors import UnknownProcess
 from .interpreter import plan_launch, sidecar_env
@@ -79,6 +79,8 @@ class Host:
         self.forced = False  # a second Ctrl-C killed everything at once
         self._track_pending = False
         self.sweeper = Sweeper(lambda: [s.pid for s in self.supervisors if s.pid])
+        self.on_pb_healthy: list[Callable[[], None]] = []  # called each time PB turns healthy
+        self.before_pb_stop: list[Callable[[], Awaitable[None]]] = []  # awaited at shutdown
 
     @property
     def supervisors(self) -> list[Supervisor]:
@@ -147,6 +149,8 @@ class Host:
             if pb.child is not None and await health_ok(self.settings.pb):
                 pb.mark_running()
                 log.info("PocketBase is healthy at %s", self.settings.pb.url)
+                for fn in self.on_pb_healthy:
+                    fn()
                 self._start_sidecars()
                 return
             if loop.time() > deadline:
@@ -225,6 +229,9 @@ class Host:
         # What escaped the sidecars' groups was re-parented to us when they ended.
         longest = max((s.policy.stop_timeout for s in self.sidecars), default=PB_STOP_TIMEOUT)
         await self.sweeper.end_all(0.0 if self.forced else longest)
+        if not self.forced:  # after a second Ctrl-C nothing waits
+            for fn in self.before_pb_stop:
+                await fn()
         await self.pocketbase.stop()
         await self.sweeper.end_all(0.0 if self.forced else PB_STOP_TIMEOUT)  # PB's children
         self.reaper.reap()  # anything adopted that exited during the stop
@@ -235,9 +242,5 @@ class Host:
 
 async def health_ok(pb: PocketBaseInfo, timeout: float = 1.0) -> bool:
     """One GET /api/health; True on 200."""
-    return await request_status(pb_host(pb), pb.port, "GET", "/api/health", timeout=timeout) == 200
-
-
-def pb_host(pb: PocketBaseInfo) -> str:
-    """Where local clients reach PocketBase: a wildcard listen address means loopback."""
-    return "127.0.0.1" if pb.host in ("0.0.0.0", "", "::") else pb.host
+    status = await request_status(pb.local_host, pb.port, "GET", "/api/health", timeout=timeout)
+    return status == 200

@@ -54,6 +54,11 @@ class PocketBaseInfo:
     def db_path(self) -> Path:
         return self.data_dir / "data.db"
 
+    @property
+    def local_host(self) -> str:
+        """The address a local client connects to (a wildcard host becomes 127.0.0.1)."""
+        return "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+
 
 def find_binary(explicit: str | None, environ: Mapping[str, str], cwd: Path) -> str:
     """The option, PBHOST_POCKETBASE, ./pocketbase, PATH, then the scripts dir of this Python.

@@ -18,6 +18,7 @@ import subprocess
 from pathlib import Path
 
 from .errors import PbhostError
+from .pbhooks import InstallResult, install_hook
 from .pocketbase import PocketBaseInfo, describe, find_binary
 from .procctl import set_child_subreaper
 from .runenv import RUN_ENV, child_environ, new_run_id, state_path
@@ -35,8 +36,9 @@ if TYPE_CHECKING:
 VALUE_OPTIONS = {"-c": "config", "--config": "config", "--pocketbase": "pocketbase",
                  "--api": "api", "--log-format": "log_format"}
 FLAG_OPTIONS = {"--color": "color", "--no-color": "color", "--timestamps": "timestamps",
-                "--strict": "strict", "-v": "verbose", "--verbose": "verbose"}
-# click's boolean words (BoolParamType), for PBHOST_STRICT.
+                "--strict": "strict", "-v": "verbose", "--verbose": "verbose",
+                "--pb-hooks": "pb_hooks", "--no-pb-hooks": "pb_hooks"}
+# click's boolean words (BoolParamType), for PBHOST_STRICT and PBHOST_PB_HOOKS.
 _TRUE = {"1", "true", "t", "yes", "y", "on"}
 _FALSE = {"", "0", "false", "f", "no", "n", "off"}
 EARLY_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
@@ -46,17 +48,18 @@ STOP_TIMEOUT = 5.0
 class EarlyOptions:
     """The options that decide how PocketBase starts (the rest can wait for click)."""
 
-    __slots__ = ("config", "pocketbase", "strict", "api")
+    __slots__ = ("config", "pocketbase", "strict", "api", "pb_hooks")
 
     def __init__(self, config: str | None, pocketbase: str | None, strict: bool,
-                 api: str | None) -> None:
+                 api: str | None, pb_hooks: bool) -> None:
         self.config = config
         self.pocketbase = pocketbase
         self.strict = strict
         self.api = api  # PocketBase's env names the control API (its JS hook forwards to it)
+        self.pb_hooks = pb_hooks  # pbhost.pb.js is installed before PocketBase starts
 
-    def _key(self) -> tuple[str | None, str | None, bool, str | None]:
-        return (self.config, self.pocketbase, self.strict, self.api)
+    def _key(self) -> tuple[str | None, str | None, bool, str | None, bool]:
+        return (self.config, self.pocketbase, self.strict, self.api, self.pb_hooks)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, EarlyOptions) and self._key() == other._key()
@@ -69,15 +72,16 @@ class PbStart:
 
     def __init__(self, key: tuple[EarlyOptions, tuple[str, ...], Path], binary: str,
                  pb: PocketBaseInfo, run_id: str, environ: dict[str, str],
-                 api: ApiAddress | None, token: str | None,
+                 api: ApiAddress | None, token: str, hook: InstallResult,
                  child: Child | None, loaded: LoadedConfig | None) -> None:
         self.key = key
         self.binary = binary
         self.pb = pb
         self.run_id = run_id
         self.environ = environ  # what every child of this run starts from
-        self.api = api          # the control API's address (None: --api off) and token
-        self.token = token
+        self.api = api          # the control API's address (None: --api off)
+        self.token = token      # pbhost's token: the API's, and the hook's log route's
+        self.hook = hook        # what installing pbhost.pb.js did
         self.child = child
         self.loaded = loaded    # the process file, when --strict checked it before the spawn
 
@@ -112,7 +116,7 @@ def parse_early(argv: Sequence[str],
                 inline = argv[i]
             found[VALUE_OPTIONS[name]] = inline
         elif name in FLAG_OPTIONS and not eq:
-            found[FLAG_OPTIONS[name]] = True
+            found[FLAG_OPTIONS[name]] = not name.startswith("--no-")
         else:
             return None  # --help, --version, another command, a typo, -vc FILE...
         i += 1
@@ -120,13 +124,17 @@ def parse_early(argv: Sequence[str],
     if i == len(argv) or "--help" in serve_args or "-h" in serve_args:
         return None
     strict_env = environ.get("PBHOST_STRICT", "").strip().lower()
-    if "strict" not in found and strict_env not in _TRUE | _FALSE:
-        return None  # click will refuse it with its own message
+    hooks_env = environ.get("PBHOST_PB_HOOKS", "").strip().lower()
+    for key, value in (("strict", strict_env), ("pb_hooks", hooks_env)):
+        if key not in found and value not in _TRUE | _FALSE:
+            return None  # click will refuse it with its own message
     return EarlyOptions(
         config=str(found.get("config") or environ.get("PBHOST_CONFIG") or "") or None,
         pocketbase=str(found.get("pocketbase") or environ.get("PBHOST_POCKETBASE") or "") or None,
         strict=bool(found.get("strict")) or strict_env in _TRUE,
-        api=str(found.get("api") or environ.get("PBHOST_API") or "") or None), serve_args
+        api=str(found.get("api") or environ.get("PBHOST_API") or "") or None,
+        # An empty PBHOST_PB_HOOKS is unset for click: the default (on) holds.
+        pb_hooks=bool(found.get("pb_hooks", hooks_env not in _FALSE - {""}))), serve_args
 
 
 def start_pocketbase(opts: EarlyOptions, serve_args: Sequence[str], cwd: Path,
@@ -145,7 +153,8 @@ def start_pocketbase(opts: EarlyOptions, serve_args: Sequence[str], cwd: Path,
     # PocketBase's env must name the API; apiaddr.py is import-light for this reason.
     from .apiaddr import new_token, parse_api_address
     api = parse_api_address(opts.api, pb.port, cwd)
-    token = new_token() if api is not None else None
+    token = new_token()  # also with --api off: the hook's log route accepts only it
+    hook = install_hook(pb.hooks_dir, opts.pb_hooks)  # PocketBase loads hooks once, at start
     run_id = new_run_id()
     base = {**child_environ(environ), RUN_ENV: run_id}
     env = pocketbase_env(base, api.url if api else None, token)
@@ -155,17 +164,20 @@ def start_pocketbase(opts: EarlyOptions, serve_args: Sequence[str], cwd: Path,
         child = None
     else:
         _install_early_signals()
-    return PbStart((opts, tuple(serve_args), cwd), binary, pb, run_id, base, api, token, child,
-                   loaded)
+    return PbStart((opts, tuple(serve_args), cwd), binary, pb, run_id, base, api, token, hook,
+                   child, loaded)
 
 
 def pocketbase_env(base: Mapping[str, str], api_url: str | None,
                    token: str | None) -> dict[str, str]:
     """PocketBase's environment (for its first start and every restart): the run's, plus where
-    the control API is and the token its JS hook forwards /api/pm/* with."""
+    the control API is and the token its JS hook forwards /api/pm/* with (the hook's log route
+    checks the same token, so it is there also with --api off)."""
     env = dict(base)
-    if api_url and token:
-        env.update(PBHOST_API_URL=api_url, PBHOST_API_TOKEN_INTERNAL=token)
+    if token:
+        env["PBHOST_API_TOKEN_INTERNAL"] = token
+    if api_url:
+        env["PBHOST_API_URL"] = api_url
     return env
 
 

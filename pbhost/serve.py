@@ -15,6 +15,7 @@ from .errors import ConfigError
 from .host import Host, HostSettings
 from .leftovers import Ledger
 from .logstream import LogStream, LogStreamHandler, want_color
+from .pbbridge import connect as connect_pb_hook
 from .procctl import set_child_subreaper
 from .systemd import Notifier, stdout_is_journal
 
@@ -87,7 +88,8 @@ def run_serve(opts: Options, serve_args: list[str]) -> int:
     stream = LogStream(1, color=want_color(1, os.environ, opts.color), fmt=opts.log_format,
                        timestamps=opts.timestamps, syslog_prefix=stdout_is_journal(os.environ))
     _setup_logging(stream, opts.verbose)  # first: ending a killed run's leftovers is logged
-    early = prespawn.EarlyOptions(opts.config, opts.pocketbase, opts.strict, opts.api)
+    early = prespawn.EarlyOptions(opts.config, opts.pocketbase, opts.strict, opts.api,
+                                  opts.pb_hooks)
     taken = prespawn.take(early, serve_args, cwd)  # spawned before the imports (__main__)
     start = taken or prespawn.start_pocketbase(early, serve_args, cwd, os.environ)
     if taken is not None:
@@ -103,18 +105,22 @@ def run_serve(opts: Options, serve_args: list[str]) -> int:
 
     async def main() -> int:
         stream.start(asyncio.get_running_loop())
+        log.log(*start.hook.log_line())
         settings.processes = _load_processes(opts, cwd, start.loaded)
         _become_reaper()
         host = Host(settings, stream, notifier=notifier,
                     ledger=Ledger(settings.pb.data_dir, start.run_id))
-        api, token = start.api, start.token
-        if api is None or token is None:
-            return await host.run(pb_child=start.child)
-        api_task = asyncio.get_running_loop().create_task(_serve_api(host, api, token))
+        bridge = connect_pb_hook(host, stream, start.hook, start.token)
+        loop = asyncio.get_running_loop()
+        api_task = (loop.create_task(_serve_api(host, start.api, start.token))
+                    if start.api is not None else None)
         try:
             return await host.run(pb_child=start.child)
         finally:
-            await _close_api(api_task)
+            if bridge is not None:
+                bridge.close()
+            if api_task is not None:
+                await _close_api(api_task)
 
     try:
         return asyncio.run(main())

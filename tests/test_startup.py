@@ -157,6 +157,21 @@ def test_parse_early_reads_the_environment_like_click() -> None:
     assert prespawn.parse_early(["serve"], {"PBHOST_STRICT": "maybe"}) is None
 
 
+@pytest.mark.parametrize("argv, env, expected", [
+    (["serve"], {}, True),
+    (["--no-pb-hooks", "serve"], {}, False),
+    (["serve"], {"PBHOST_PB_HOOKS": "0"}, False),
+    (["serve"], {"PBHOST_PB_HOOKS": " Off "}, False),
+    (["serve"], {"PBHOST_PB_HOOKS": ""}, True),  # empty is unset for click
+    (["--pb-hooks", "serve"], {"PBHOST_PB_HOOKS": "0"}, True),  # the option wins
+])
+def test_parse_early_reads_pb_hooks_like_click(argv: list[str], env: dict[str, str],
+                                               expected: bool) -> None:
+    opts, _ = prespawn.parse_early(argv, env) or (None, None)
+    assert opts is not None and opts.pb_hooks is expected
+    assert prespawn.parse_early(["serve"], {"PBHOST_PB_HOOKS": "perhaps"}) is None
+
+
 def test_early_option_table_matches_the_click_options() -> None:
     declared: dict[str, bool] = {}  # option string -> is a flag
     for param in cli.params:
