@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Figures for the PocketBase hook: installer check, log-bridge cost per line, /api/pm latency.
 
-    PYTHONPATH=. python scripts/bench_pbhook.py [--calls 200] [--lines 500000]
+    PYTHONPATH=. python scripts/bench_pbhook.py [--quick]
+    (also a section of scripts/bench.py: `run(quick) -> {"rows": [...]}`)
 
 Prints figures only; nothing is asserted. Run on a quiet machine for numbers worth comparing.
 """
@@ -18,6 +19,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -38,23 +40,27 @@ def per_call_us(fn, n: int) -> float:
     return (time.perf_counter() - start) / n * 1e6
 
 
-def bench_install() -> None:
+def bench_install() -> list[dict[str, Any]]:
     hooks = Path(tempfile.mkdtemp()) / "pb_hooks"
     start = time.perf_counter()
     install_hook(hooks)
     first = (time.perf_counter() - start) * 1e3
     current = per_call_us(lambda: install_hook(hooks), 2000)
-    print(f"install_hook: first write {first:.2f} ms; already current {current:.1f} µs/call")
+    return [dict(figure="hook install, first write", value=round(first, 2), unit="ms"),
+            dict(figure="hook install, already current (on the path to PocketBase's spawn)",
+                 value=round(current, 1), unit="µs", n=2000)]
 
 
-def bench_offer() -> None:
+def bench_offer() -> list[dict[str, Any]]:
     bridge = LogBridge(describe([], Path.cwd()), "t", {"p": "all"})
     rec = LogRecord(0.0, "p", "stdout", "x" * 80)
-    cost = per_call_us(lambda: bridge.offer(rec), 200_000)
-    print(f"LogBridge.offer, a line over the rate limit (counted as skipped): {cost:.2f} µs")
+    n = 200_000
+    cost = per_call_us(lambda: bridge.offer(rec), n)
+    return [dict(figure="log bridge: a line over the rate limit", value=round(cost, 2),
+                 unit="µs", n=n)]
 
 
-def bench_stream(n: int) -> None:
+def bench_stream(n: int, runs: int = 3) -> list[dict[str, Any]]:
     """Log stream throughput, 2 children flooding stdout, with and without the bridge."""
     def flood(modes: dict[str, str] | None) -> float:
         def setup(stream: LogStream) -> None:
@@ -67,14 +73,21 @@ def bench_stream(n: int) -> None:
                                                    setup=setup))
             finally:
                 os.close(fd)
-        return 2 * n / elapsed / 1e6
+        return 2 * n / elapsed
 
+    rows = []
+    base = 0.0
     for label, modes in (("no bridge", None),
                          ("bridge, pbLogs stderr (default)", {"a": "stderr", "b": "stderr"}),
                          ("bridge, pbLogs all (rate-limited)", {"a": "all", "b": "all"})):
-        runs = sorted(flood(modes) for _ in range(3))
-        print(f"log stream, stdout flood of 2x{n} lines, {label}: {runs[1]:.2f} M lines/s "
-              f"(median of 3; {runs[0]:.2f}-{runs[2]:.2f})")
+        xs = sorted(flood(modes) for _ in range(runs))
+        median = statistics.median(xs)
+        base = base or median
+        rows.append(dict(figure=f"log stream in-process, stdout flood 2x{n:,}, {label}",
+                         value=round(median), unit="lines/s", spread=f"{xs[0]:,.0f}-{xs[-1]:,.0f}",
+                         n=runs, baseline="" if modes is None else "no bridge",
+                         vs="" if modes is None else f"{median / base:.2f}x"))
+    return rows
 
 
 def pctl(xs: list[float], q: float) -> float:
@@ -92,7 +105,7 @@ def timed_get(url: str, token: str | None) -> float:
     return (time.perf_counter() - start) * 1e3
 
 
-def bench_forwarding(calls: int) -> None:
+def bench_forwarding(calls: int) -> list[dict[str, Any]]:
     """GET /api/pm/list through PocketBase's hook vs. straight to pbhost's control API."""
     with tempfile.TemporaryDirectory() as tmp:
         project = Project(Path(tmp))
@@ -112,25 +125,36 @@ def bench_forwarding(calls: int) -> None:
             api = f"http://127.0.0.1:{run.port + 1}/api/pm/list"
             timed_get(api, token)  # the API checks a superuser token once, then caches it
             direct = [timed_get(api, token) for _ in range(calls)]
-            for label, xs in (("via PocketBase's hook", via),
-                              ("direct to the control API", direct)):
-                print(f"GET /api/pm/list {label} ({calls} calls): p50 {pctl(xs, .5):.2f} ms, "
-                      f"p99 {pctl(xs, .99):.2f} ms")
         finally:
             run.stop()
+    rows = []
+    for q in (0.5, 0.99):
+        name = f"p{int(q * 100)}"
+        rows.append(dict(figure=f"GET /api/pm/list via PocketBase's hook, {name}",
+                         value=round(pctl(via, q), 2), unit="ms", n=calls,
+                         baseline=f"direct to the control API: {pctl(direct, q):.2f} ms",
+                         vs=f"+{pctl(via, q) - pctl(direct, q):.2f} ms"))
+    return rows
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    """The figures as rows for scripts/bench.py."""
+    rows = [*bench_install(), *bench_offer(),
+            *bench_stream(200_000 if quick else 500_000, 1 if quick else 3),
+            *bench_forwarding(100 if quick else 300)]
+    return {"rows": rows}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--calls", type=int, default=200)
-    ap.add_argument("--lines", type=int, default=500_000, help="lines per flooding child")
+    ap.add_argument("--quick", action="store_true", help="fewer lines and calls, one run each")
     args = ap.parse_args()
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs (figures are noisy on a "
           "busy machine)")
-    bench_install()
-    bench_offer()
-    bench_stream(args.lines)
-    bench_forwarding(args.calls)
+    for row in run(args.quick)["rows"]:
+        extra = ", ".join(x for x in (row.get("spread", ""), row.get("baseline", ""),
+                                      row.get("vs", "")) if x)
+        print(f"{row['figure']}: {row['value']:,} {row['unit']}" + (f" ({extra})" if extra else ""))
 
 
 if __name__ == "__main__":
