@@ -219,17 +219,21 @@ class Follower:
         self.dropped = 0
         self.wake = asyncio.Event()
 
+    def _wants(self, proc_id: str, stream: str, n: int) -> int:
+        """Lines of the followed ids, as many as the queue has room for (a slow client loses
+        the rest, counted, instead of growing pbhost's memory)."""
+        if proc_id not in self.ids:
+            return 0
+        k = max(0, min(n, FOLLOW_QUEUE - len(self.queue)))
+        self.dropped += n - k
+        return k
+
     def _on_record(self, rec: LogRecord) -> None:
-        if rec.id not in self.ids:
-            return
-        if len(self.queue) >= FOLLOW_QUEUE:
-            self.dropped += 1
-            return
         self.queue.append(rec)
         self.wake.set()
 
     async def run(self, backlog: list[LogRecord], send: Send, gone: asyncio.Event) -> None:
-        unsubscribe = self.host.stream.subscribe(self._on_record)
+        unsubscribe = self.host.stream.subscribe(self._on_record, self._wants)
         try:
             await send(b"".join(_event(r) for r in backlog) or b": following\n\n")
             while not gone.is_set():

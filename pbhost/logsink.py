@@ -16,6 +16,7 @@ import asyncio
 import fcntl
 import os
 import select
+import stat
 import time
 from collections import deque
 from typing import Callable
@@ -38,6 +39,7 @@ class BacklogWriter:
         self._inflight = b""                    # rest of a partly written line: never dropped
         self._loop: asyncio.AbstractEventLoop | None = None
         self._saved_flags: int | None = None
+        self._shared_fd: int | None = None      # the caller's fd, while we write a private one
         self._scheduled = False
         self._waiting = False                   # add_writer registered: fd is full
         self._broken = False                    # EPIPE & co: the reader is gone for good
@@ -49,6 +51,10 @@ class BacklogWriter:
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
+        private = _private_nonblocking(self.fd)
+        if private is not None:
+            self._shared_fd, self.fd = self.fd, private
+            return
         flags = fcntl.fcntl(self.fd, fcntl.F_GETFL)
         self._saved_flags = flags
         fcntl.fcntl(self.fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
@@ -88,6 +94,9 @@ class BacklogWriter:
         if self._saved_flags is not None:
             fcntl.fcntl(self.fd, fcntl.F_SETFL, self._saved_flags)
             self._saved_flags = None
+        if self._shared_fd is not None:
+            os.close(self.fd)
+            self.fd, self._shared_fd = self._shared_fd, None
 
     # -- writing ----------------------------------------------------------------------------
 
@@ -200,6 +209,25 @@ class BacklogWriter:
         self._size = 0
         self._inflight = b""
         self._unreported = {}
+
+
+def _private_nonblocking(fd: int) -> int | None:
+    """The same terminal or pipe opened anew, non-blocking, or None where that cannot be done.
+
+    O_NONBLOCK belongs to the open file description, which pbhost's stdout shares with its
+    stderr and with the shell that started it: set on fd 1 itself, a traceback on stderr could
+    fail with EAGAIN and a `kill -9` would leave the terminal non-blocking. A description of our
+    own avoids both. Regular files need neither (always writable); sockets (the journal) cannot
+    be reopened, so for those the caller falls back to setting the flag on the shared one.
+    """
+    try:
+        mode = os.fstat(fd).st_mode
+        if not (stat.S_ISFIFO(mode) or stat.S_ISCHR(mode)):
+            return None
+        return os.open(f"/proc/self/fd/{fd}",
+                       os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except OSError:
+        return None
 
 
 def _take(queue: deque[tuple[str, bytes]], n: int) -> list[tuple[str, bytes]]:

@@ -76,13 +76,21 @@ def _records(proc_id: str, stream: str, ts: float, block: bytes) -> list[LogReco
     return [LogRecord(ts, proc_id, stream, line) for line in text.split("\n")[:-1]]
 
 
+def _first_lines(block: bytes, k: int) -> bytes:
+    """The first `k` whole lines of a block of whole lines."""
+    return b"\n".join(block.split(b"\n", k)[:k]) + b"\n"
+
+
+# How many of the next n lines of (id, stream) a subscriber takes.
+Wants = Callable[[str, str, int], int]
+
+
 class _Sub:
-    """A subscriber: its callback and, optionally, which (id, stream) pairs it wants."""
+    """A subscriber: its callback and, optionally, how many lines of a chunk it takes."""
 
     __slots__ = ("fn", "wants")
 
-    def __init__(self, fn: Callable[[LogRecord], None],
-                 wants: Callable[[str, str], bool] | None) -> None:
+    def __init__(self, fn: Callable[[LogRecord], None], wants: Wants | None) -> None:
         self.fn = fn
         self.wants = wants
 
@@ -177,10 +185,12 @@ class LogStream:
         return ring.tail(proc_id, n)
 
     def subscribe(self, fn: Callable[[LogRecord], None],
-                  wants: Callable[[str, str], bool] | None = None) -> Callable[[], None]:
-        """Call `fn` for every line from now on, or only for the lines of the (id, stream)
-        pairs `wants` accepts (asked once per chunk: a chunk nobody wants is never split into
-        records, which keeps a flood cheap); returns the function that stops it."""
+                  wants: Wants | None = None) -> Callable[[], None]:
+        """Call `fn` for every line from now on; returns the function that stops it.
+
+        With `wants(id, stream, n)`, asked once per chunk of n whole lines, `fn` gets only the
+        first lines of the chunk, as many as it answers (0: none). Lines nobody takes are never
+        split into records, which keeps a flood cheap for a rate-limited subscriber."""
         sub = _Sub(fn, wants)
         self._subs.append(sub)
 
@@ -287,13 +297,17 @@ class LogStream:
         return self._render.system(logging.WARNING, block, ts)
 
     def _publish(self, proc_id: str, stream: str, ts: float, block: bytes) -> None:
-        subs = [sub for sub in self._subs if sub.wants is None or sub.wants(proc_id, stream)]
-        if not subs:
+        n = block.count(b"\n")
+        takes = [(sub, n if sub.wants is None else min(n, sub.wants(proc_id, stream, n)))
+                 for sub in list(self._subs)]
+        most = max((k for _, k in takes), default=0)
+        if most <= 0:
             return
-        for rec in _records(proc_id, stream, ts, block):
-            for sub in subs:
+        records = _records(proc_id, stream, ts, block if most >= n else _first_lines(block, most))
+        for sub, k in takes:
+            for rec in records[:k]:
                 if sub not in self._subs:
-                    continue  # removed meanwhile
+                    break  # removed meanwhile
                 try:
                     sub.fn(rec)
                 except Exception:  # a broken follower must not break the stream

@@ -48,13 +48,13 @@ class _Bucket:
     tokens: float
     stamp: float = field(default_factory=time.monotonic)
 
-    def take(self, rate: float, burst: int, now: float) -> bool:
+    def take(self, n: int, rate: float, burst: int, now: float) -> int:
+        """Up to `n` tokens, as many as there are: how many lines may go."""
         self.tokens = min(float(burst), self.tokens + (now - self.stamp) * rate)
         self.stamp = now
-        if self.tokens < 1.0:
-            return False
-        self.tokens -= 1.0
-        return True
+        k = min(n, int(self.tokens))
+        self.tokens -= k
+        return k
 
 
 class LogBridge:
@@ -70,7 +70,8 @@ class LogBridge:
         self._buckets = {pid: _Bucket(float(limits.burst)) for pid in self.modes}
         self._buffer: collections.deque[dict[str, str]] = collections.deque()
         self._skipped: collections.Counter[str] = collections.Counter()  # since last report
-        self._full = asyncio.Event()
+        self._full = asyncio.Event()   # a whole batch is waiting: send now
+        self._work = asyncio.Event()   # something to send or report: without it, no timer runs
         self._task: asyncio.Task[None] | None = None
         self._unsubscribe: Callable[[], None] | None = None
 
@@ -97,19 +98,26 @@ class LogBridge:
             self._task = None
 
     # -- the stream side: cheap, synchronous ------------------------------------------------
-    def wants(self, proc_id: str, stream: str) -> bool:
-        """Which lines the stream hands to `offer` (it asks once per chunk it read)."""
+    def wants(self, proc_id: str, stream: str, n: int) -> int:
+        """How many of the next `n` lines the stream hands to `offer` (asked once per chunk):
+        those `pbLogs` selects, as far as the rate limit and the buffer allow; the rest are
+        counted as skipped without ever being decoded."""
         mode = self.modes.get(proc_id)
-        return mode == "all" or (mode == "stderr" and stream == "stderr")
+        if not (mode == "all" or (mode == "stderr" and stream == "stderr")):
+            return 0
+        lim = self.limits
+        room = max(0, lim.buffer - len(self._buffer))
+        k = self._buckets[proc_id].take(min(n, room), lim.rate, lim.burst, time.monotonic())
+        if k < n:
+            self._skipped[proc_id] += n - k
+            self._work.set()
+        return k
 
     def offer(self, rec: LogRecord) -> None:
-        """A line `wants` accepted: keep it if the rate limit and the buffer allow."""
+        """A line `wants` let through."""
         lim = self.limits
-        if not self._buckets[rec.id].take(lim.rate, lim.burst, time.monotonic()) \
-                or len(self._buffer) >= lim.buffer:
-            self._skipped[rec.id] += 1
-            return
         self._buffer.append({"process": rec.id, "stream": rec.stream, "text": rec.text[:MAX_TEXT]})
+        self._work.set()
         if len(self._buffer) >= lim.batch:
             self._full.set()
 
@@ -118,7 +126,8 @@ class LogBridge:
         loop = asyncio.get_running_loop()
         next_report = loop.time()  # the first skip is reported at once, then at most this often
         while True:
-            try:
+            await self._work.wait()  # idle: no wake-ups at all
+            try:  # gather a batch for up to one interval
                 await asyncio.wait_for(self._full.wait(), self.limits.interval)
             except asyncio.TimeoutError:
                 pass
@@ -127,6 +136,8 @@ class LogBridge:
             if report:
                 next_report = loop.time() + self.limits.report_every
             await self._drain(report)
+            if not (self._buffer or self._skipped):
+                self._work.clear()
 
     async def _drain(self, report: bool) -> None:
         """Send the buffer in batches, and the skipped counts if `report`; stop at a failure

@@ -11,6 +11,7 @@ import fcntl
 import json
 import logging
 import os
+import socket
 import re
 import subprocess
 import sys
@@ -411,9 +412,9 @@ def test_a_subscriber_gets_only_the_lines_it_wants(tmp_path: Path) -> None:
     seen: list[LogRecord] = []
     asked: set[tuple[str, str]] = set()
 
-    def wants(proc_id: str, stream: str) -> bool:
+    def wants(proc_id: str, stream: str, n: int) -> int:
         asked.add((proc_id, stream))
-        return stream == "stderr"
+        return n if stream == "stderr" else 0
 
     async def body(stream: LogStream) -> None:
         stream.subscribe(seen.append, wants)
@@ -425,14 +426,16 @@ def test_a_subscriber_gets_only_the_lines_it_wants(tmp_path: Path) -> None:
     assert asked == {("w", "stdout"), ("w", "stderr")}
 
 
-def test_close_restores_output_flags() -> None:
+def test_a_pipe_or_terminal_output_keeps_its_flags() -> None:
+    # pbhost writes non-blocking through an open file description of its own, so stderr and
+    # the shell that share the caller's are never made non-blocking, not even mid-run.
     cap = Capture()
     before = fcntl.fcntl(cap.w, fcntl.F_GETFL)
 
     async def main() -> None:
         stream = LogStream(cap.w)
         stream.start(asyncio.get_running_loop())
-        assert fcntl.fcntl(cap.w, fcntl.F_GETFL) & os.O_NONBLOCK
+        assert fcntl.fcntl(cap.w, fcntl.F_GETFL) == before
         stream.system(logging.INFO, "bye")
         stream.close(1.0)
     asyncio.run(main())
@@ -441,6 +444,24 @@ def test_close_restores_output_flags() -> None:
     assert cap.data == b"[pbhost] bye\n"
     os.close(cap.r)
     os.close(cap.w)
+
+
+def test_a_socket_output_is_made_non_blocking_and_given_its_flags_back() -> None:
+    # The journal hands pbhost a socket, which cannot be opened anew: the flag goes on it.
+    ours, theirs = socket.socketpair()
+    before = fcntl.fcntl(ours.fileno(), fcntl.F_GETFL)
+
+    async def main() -> None:
+        stream = LogStream(ours.fileno())
+        stream.start(asyncio.get_running_loop())
+        assert fcntl.fcntl(ours.fileno(), fcntl.F_GETFL) & os.O_NONBLOCK
+        stream.system(logging.INFO, "bye")
+        stream.close(1.0)
+    asyncio.run(main())
+    assert fcntl.fcntl(ours.fileno(), fcntl.F_GETFL) == before
+    assert b"bye" in theirs.recv(4096)
+    ours.close()
+    theirs.close()
 
 
 # -- the splitter on its own: chunk boundaries a child cannot be made to hit reliably ------------
