@@ -63,12 +63,16 @@ def log_rows(quick: bool) -> list[Row]:
     rows = [Row(f"log throughput, {k} child{'ren' if k > 1 else ''} (pbhost serve)",
                 round(r[f"serve_{k}child_lines_per_s"]), "lines/s",
                 f"{r[f'serve_{k}child_min']:,.0f}-{r[f'serve_{k}child_max']:,.0f}",
-                note=f"peak RSS {r[f'serve_{k}child_peak_rss_mib']:.0f} MiB")
+                note=f"peak RSS {r[f'serve_{k}child_peak_rss_mib']:.0f} MiB",
+                goal=">= 1,000,000 lines/s, RSS < 64 MiB",
+                ok=r[f"serve_{k}child_lines_per_s"] >= 1e6
+                and r[f"serve_{k}child_peak_rss_mib"] < 64)
             for k in (1, 4)]
-    rows.append(Row("child's write time under pbhost vs into `cat > file`",
-                    round(r["serve_py_writer_ratio"], 2), "x",
+    ratio = r["serve_py_writer_ratio"]
+    rows.append(Row("Python writer's speed through pbhost, relative to into `cat > file`",
+                    round(ratio, 2), "x",
                     f"{r['serve_py_writer_ratio_min']:.2f}-{r['serve_py_writer_ratio_max']:.2f}",
-                    baseline="cat > file = 1.00"))
+                    baseline="cat > file = 1.00", goal=">= 0.9x", ok=ratio >= 0.9))
     return rows
 
 
