@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test bench clean
+.PHONY: venv demo test lint bench clean
 
 venv: $(STAMP)
 
@@ -22,6 +22,11 @@ demo: venv
 test: venv
 	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+
+# Type check (mypy --strict, see setup.cfg) and lint (pinned versions, so results are stable).
+lint: venv
+	$(PY) -m mypy
+	$(PY) -m ruff check pbhost --select E,F,W,B --line-length 100
 
 bench: venv
 	$(PY) scripts/bench.py $(if $(QUICK),--quick) $(if $(JSON),--json $(JSON))

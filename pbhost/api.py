@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Mapping
 
 from .auth import Authenticator
-from .control import ApiAddress, ControlInfo, control_path, remove_control, write_control
+from .apiaddr import ApiAddress
+from .control import ControlInfo, control_path, remove_control, write_control
 from .errors import UnknownProcess
 from .httpserver import HttpServer, Request, Response, Send, StreamResponse
 from .procstat import GroupStats, Usage
@@ -95,7 +96,7 @@ class ControlApi:
             if not get:
                 return _not_allowed("GET")
             if parts[0] == "list":
-                return Response(200, _json(self.list()))
+                return Response(200, _json(self.processes()))
             if parts[0] == "metrics":
                 return Response(200, self.metrics().encode(),
                                 "text/plain; version=0.0.4; charset=utf-8")
@@ -114,7 +115,7 @@ class ControlApi:
         return error(404, "The requested resource wasn't found.")
 
     # -- reading --------------------------------------------------------------------------
-    def list(self) -> list[dict[str, Any]]:
+    def processes(self) -> list[dict[str, Any]]:
         sups = self.host.supervisors
         usage = self.stats.usage(s.pid for s in sups if s.pid is not None)
         return [self.describe(s, usage) for s in sups]
@@ -135,7 +136,7 @@ class ControlApi:
         }
 
     def metrics(self) -> str:
-        procs = self.list()
+        procs = self.processes()
         out: list[str] = []
 
         def family(name: str, kind: str, help_text: str,

@@ -39,7 +39,8 @@ class Options:
 @click.group(context_settings={"help_option_names": ["-h", "--help"],
                                "auto_envvar_prefix": "PBHOST"})
 @click.option("-c", "--config", metavar="FILE",
-              help="Process file (default: pb_processes.json, .yaml or .yml in the current folder).")
+              help="Process file (default: pb_processes.json, .yaml or .yml in the "
+                   "current folder).")
 @click.option("--pocketbase", metavar="PATH",
               help="PocketBase binary (default: ./pocketbase, then PATH).")
 @click.option("--api", metavar="ADDR",
@@ -59,7 +60,7 @@ class Options:
 @click.option("-v", "--verbose", is_flag=True, help="Also show pbhost's debug messages.")
 @click.version_option(__version__, prog_name="pbhost")
 @click.pass_context
-def cli(ctx: click.Context, **kwargs: Any) -> None:
+def cli(ctx: click.Context, /, **kwargs: Any) -> None:
     """Run PocketBase and the sidecars of pb_processes.json as one supervised unit."""
     ctx.obj = Options(**kwargs)
 

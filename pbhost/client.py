@@ -44,9 +44,9 @@ def find_endpoint(data_dir: str | None, environ: Mapping[str, str], cwd: Path) -
     try:
         info = read_control_file(path)
     except FileNotFoundError:
-        raise ClientError(f"no pbhost is running for {shown} (no {path.relative_to(path.parents[1])}"
-                          "); start one with `pbhost serve`, or point at its data dir with "
-                          "--dir") from None
+        rel = path.relative_to(path.parents[1])
+        raise ClientError(f"no pbhost is running for {shown} (no {rel}); start one with "
+                          "`pbhost serve`, or point at its data dir with --dir") from None
     except PermissionError:
         raise ClientError(f"cannot read {path}: permission denied (run as the user running "
                           "pbhost)") from None

@@ -45,7 +45,7 @@ def table(processes: Sequence[dict[str, Any]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
     lines = []
     for n, row in enumerate(rows):
-        cells = [cell.ljust(w) for cell, w in zip(row, widths)]
+        cells = [cell.ljust(w) for cell, w in zip(row, widths, strict=True)]
         cells[-1] = cells[-1].rstrip()
         if n == 0:
             lines.append(click.style("  ".join(cells), bold=True))

@@ -12,9 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .apiaddr import (LOOPBACK, ApiAddress, ApiAddressError,  # noqa: F401 (re-exported)
-                      new_token, parse_api_address)
-
 CONTROL_DIR = ".pbhost"   # pbhost's own files in the data dir (also leftovers.py's state.json)
 CONTROL_FILE = "control.json"
 

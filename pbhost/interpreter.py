@@ -24,7 +24,7 @@ DIRECT = "direct"  # LaunchPlan.interpreter when the program runs without an int
 @dataclass(frozen=True)
 class LaunchPlan:
     argv: tuple[str, ...]
-    interpreter: str               # what to show: "/abs/.venv/bin/python", "/usr/bin/node", "direct"
+    interpreter: str               # shown: "/abs/.venv/bin/python", "/usr/bin/node", "direct"
     is_python: bool                # gets PYTHONUNBUFFERED=1
     venv: Path | None = None       # a virtualenv to activate (VIRTUAL_ENV, PATH) in its env
 

@@ -30,7 +30,7 @@ from . import proctable
 from .control import write_private
 from .errors import PbhostError
 from .proctable import ProcInfo
-from .runenv import RUN_ENV, STATE_FILE, state_path
+from .runenv import RUN_ENV, state_path
 
 log = logging.getLogger("pbhost")
 

@@ -48,7 +48,8 @@ class GroupStats:
         """Usage per process group id; a group seen less than min_interval ago is not re-read."""
         wanted = set(pgids)
         now = time.monotonic()
-        fresh = {g for g in wanted if g in self._last and now - self._last[g].at < self.min_interval}
+        fresh = {g for g in wanted
+                 if g in self._last and now - self._last[g].at < self.min_interval}
         stale = wanted - fresh
         if stale:
             self._resample(stale, now)

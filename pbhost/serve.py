@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Sequence
 
 from . import prespawn
 from .config import LoadedConfig, ProcessSpec, find_config, load_config
-from .control import ApiAddress
+from .apiaddr import ApiAddress
 from .errors import ConfigError
 from .host import Host, HostSettings
 from .leftovers import Ledger

@@ -40,7 +40,7 @@ def backoff_delay(failures: int, base: float, cap: float = BACKOFF_CAP) -> float
     if failures <= 0:
         return 0.0
     # Exponent clamped so a long crash loop cannot overflow the float.
-    return min(cap, base * (2 ** min(failures - 1, 62)))
+    return min(cap, base * 2.0 ** min(failures - 1, 62))
 
 
 def gives_up(failures: int, max_retries: int | None) -> bool:

@@ -7,6 +7,7 @@ Exit statuses arrive from the reaper; nothing here waits on a child.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 import time
@@ -125,7 +126,7 @@ class Supervisor:
         self.child = child
         self.start_wall = child.started_wall
         self._exited = asyncio.get_running_loop().create_future()
-        self._reaper.watch(child.pid, lambda status, c=child: self._on_exit(c, status))
+        self._reaper.watch(child.pid, functools.partial(self._on_exit, child))
         self._stream.attach(self.id, "stdout", child.out_fd)
         self._stream.attach(self.id, "stderr", child.err_fd)
         if self.state is not S.STARTING:
