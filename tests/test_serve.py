@@ -18,12 +18,22 @@ from conftest import ROOT, Project, free_port, pbhost_env, pid_alive, wait_for
 
 PY = sys.executable
 
-# A sidecar that says who it is, spawns a grandchild in its group, and waits.
+# A sidecar that says who it is, spawns a grandchild in its group, and waits for a signal.
 FAMILY = """
-    import os, subprocess, sys, time
-    kid = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    import os, signal, subprocess, sys
+    kid = subprocess.Popen([sys.executable, "-c", "import signal; signal.pause()"])
     print(f"pid={os.getpid()} kid={kid.pid}", flush=True)
-    time.sleep(600)
+    signal.pause()
+"""
+
+# A sidecar that ignores these signals (by name), says its pid, and waits for a signal.
+STUBBORN = """
+    import os, signal
+    for name in {names!r}:
+        signal.signal(getattr(signal, name), signal.SIG_IGN)
+    print(f"pid={{os.getpid()}}", flush=True)
+    while True:
+        signal.pause()
 """
 
 
@@ -66,7 +76,8 @@ def test_sigterm_leaves_no_survivor_grandchildren_included(project: Project) -> 
 
 
 def test_crashed_sidecar_is_restarted(project: Project) -> None:
-    project.write("s.py", "import os, time\nprint(f'pid={os.getpid()}', flush=True)\ntime.sleep(600)\n")
+    project.write("s.py", "import os, signal\nprint(f'pid={os.getpid()}', flush=True)\n"
+                          "signal.pause()\n")
     project.config([{"id": "s", "script": "s.py", "interpreter": PY}])
     run = project.serve()
     run.wait_line("[s][STDOUT] pid=")
@@ -133,13 +144,7 @@ def test_strict_makes_a_broken_config_fatal(project: Project) -> None:
 
 
 def test_child_ignoring_sigterm_is_killed_after_stop_timeout(project: Project) -> None:
-    project.write("stubborn.py", """
-        import os, signal, time
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        print(f"pid={os.getpid()}", flush=True)
-        while True:
-            time.sleep(1)
-    """)
+    project.write("stubborn.py", STUBBORN.format(names=["SIGTERM"]))
     project.config([{"id": "stubborn", "script": "stubborn.py", "interpreter": PY,
                      "stopTimeout": "1s"}])
     run = project.serve()
@@ -216,14 +221,7 @@ def test_missing_pocketbase_binary_is_a_clear_message(project: Project) -> None:
 
 
 def test_second_sigint_kills_everything_at_once(project: Project) -> None:
-    project.write("stubborn.py", """
-        import os, signal, time
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        print(f"pid={os.getpid()}", flush=True)
-        while True:
-            time.sleep(1)
-    """)
+    project.write("stubborn.py", STUBBORN.format(names=["SIGTERM", "SIGINT"]))
     project.config([{"id": "stubborn", "script": "stubborn.py", "interpreter": PY,
                      "stopTimeout": "60s"}])
     run = project.serve()
