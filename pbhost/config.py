@@ -107,7 +107,8 @@ def load_config(path: Path, environ: Mapping[str, str]) -> LoadedConfig:
 
 def _read_document(path: Path) -> Any:
     try:
-        text = path.read_text(encoding="utf-8")
+        # utf-8-sig: Windows editors (Notepad) start the file with a BOM, which JSON refuses.
+        text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise ConfigError(str(path), ["not found"]) from None
     except UnicodeDecodeError as exc:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +12,8 @@ import pytest
 
 from pbhost.config import LoadedConfig, ProcessSpec, find_config, load_config, parse_duration
 from pbhost.errors import ConfigError
+
+from conftest import pbhost_env
 
 
 @pytest.fixture
@@ -227,6 +231,16 @@ def test_not_utf8(root: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(root / "pb_processes.json", {})
     assert info.value.problems == ["not UTF-8 text (line 2)"]
+
+
+def test_a_utf8_bom_is_accepted_by_pbhost_check(root: Path) -> None:
+    """Notepad saves UTF-8 with a BOM; json.loads refuses it ("decode using utf-8-sig")."""
+    (root / "pb_processes.json").write_bytes(
+        b'\xef\xbb\xbf[{"id": "ai-agent", "script": "./agent/main.py"}]')
+    done = subprocess.run([sys.executable, "-m", "pbhost", "check"], cwd=root,
+                          env=pbhost_env(), capture_output=True, text=True, timeout=30)
+    assert (done.returncode, done.stderr) == (0, "")
+    assert "1 process(es) OK: ai-agent" in done.stdout
 
 
 def test_missing_file(root: Path) -> None:
