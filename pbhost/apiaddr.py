@@ -56,7 +56,11 @@ def parse_api_address(value: str | None, pb_port: int, cwd: Path) -> ApiAddress 
     """`HOST:PORT`, `unix:PATH`, `off` (None) or nothing (127.0.0.1:<PocketBase port + 1>)."""
     text = (value or "").strip()
     if not text:
-        return ApiAddress("127.0.0.1", _port(str(pb_port + 1), "<PocketBase port + 1>"))
+        if pb_port + 1 > 65535:  # the user gave no --api: do not blame one
+            raise ApiAddressError(f"PocketBase's port {pb_port} leaves no default port for the "
+                                  "control API (PocketBase's port + 1): choose one with "
+                                  "--api HOST:PORT, or --api off")
+        return ApiAddress("127.0.0.1", pb_port + 1)
     if text.lower() == "off":
         return None
     if text.startswith("unix:"):

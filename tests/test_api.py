@@ -483,3 +483,13 @@ def test_a_bad_api_address_is_one_clear_line(project: Project) -> None:
     out = run.output()
     assert "pbhost: error: --api localhost:http: expected HOST:PORT, unix:PATH or off" in out
     assert "Traceback" not in out and "pocketbase: started" not in out
+
+
+def test_pocketbase_on_the_last_port_does_not_blame_an_api_option_nobody_gave(
+        project: Project) -> None:
+    run = project.serve(port=65535, wait_healthy=False)
+    assert run.wait_exit() == 2
+    out = run.output()
+    assert ("pbhost: error: PocketBase's port 65535 leaves no default port for the control API "
+            "(PocketBase's port + 1): choose one with --api HOST:PORT, or --api off") in out
+    assert "--api <" not in out and "Traceback" not in out and "pocketbase: started" not in out
