@@ -41,9 +41,13 @@ def init_project(root: Path, force: bool = False) -> list[Path]:
     files = {root / CONFIG_FILE: SAMPLE_CONFIG, root / AGENT_FILE: sample_agent_text()}
     if not force:
         _refuse_existing(root, [*files, *(root / name for name in CONFIG_NAMES)])
-    for path, text in files.items():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
+    try:  # folders first: `agent` being a file then fails before anything is written
+        for path in files:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        for path, text in files.items():
+            path.write_text(text, encoding="utf-8")
+    except OSError as exc:  # a read-only folder, `agent` being a file: the user's to fix
+        raise PbhostError(f"cannot write {exc.filename}: {exc.strerror}") from None
     return list(files)
 
 

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 from typing import Iterator
 
 import pytest
-from conftest import ROOT, free_port, http_json, wait_for
+from conftest import ROOT, free_port, http_json, pbhost_env, wait_for
 
 from pbhost.config import load_config
 from pbhost.errors import PbhostError
@@ -55,6 +55,15 @@ def test_init_refuses_when_a_yaml_config_exists(tmp_path: Path) -> None:
     assert str(info.value) == (f"agent/main.py, pb_processes.yaml already exist in {tmp_path} "
                                "(use --force to overwrite)")
     assert not (tmp_path / "pb_processes.json").exists()
+
+
+def test_init_where_it_cannot_write_is_one_line_and_writes_nothing(tmp_path: Path) -> None:
+    (tmp_path / "agent").write_text("a file where init wants a folder\n")
+    done = subprocess.run([sys.executable, "-m", "pbhost", "init"], cwd=tmp_path,
+                          env=pbhost_env(), capture_output=True, text=True, timeout=30)
+    assert (done.returncode, done.stderr) == (
+        1, f"pbhost: error: cannot write {tmp_path / 'agent'}: File exists\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["agent"]  # nothing half-written
 
 
 def test_repository_demo_matches_what_init_writes() -> None:
