@@ -237,7 +237,7 @@ FIELDS: dict[str, Callable[[Any, FieldContext], Any]] = {
 
 
 def _string(value: Any) -> str:
-    if not isinstance(value, str) or not value:
+    if not isinstance(value, str) or not value.strip():  # "  " names no program, path or id
         raise Invalid(f"must be a non-empty string, got {describe(value)}")
     return value
 

@@ -333,6 +333,15 @@ def test_command_with_spaces_is_not_a_shell_line(root: Path) -> None:
     assert spec.command == str(root / "my tools" / "run")
 
 
+def test_a_blank_command_is_a_config_error_not_a_traceback(root: Path) -> None:
+    write(root, [{"id": "p", "command": "   "}])
+    done = subprocess.run([sys.executable, "-m", "pbhost", "check"], cwd=root,
+                          env=pbhost_env(), capture_output=True, text=True, timeout=30)
+    assert (done.returncode, done.stderr) == (
+        2, f'pbhost: error: {root / "pb_processes.json"}: process "p": "command" must be a '
+           'non-empty string, got string "   "\n')
+
+
 def test_paths_that_do_not_exist(root: Path) -> None:
     assert problems(root, [agent(id="a", script="./agent/nope.py"),
                            agent(id="b", cwd="./missing"),
