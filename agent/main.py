@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -69,7 +70,11 @@ def _stop(signum: int, frame: object) -> None:
 
 def main() -> None:
     signal.signal(signal.SIGTERM, _stop)
-    server = HTTPServer((HOST, PORT), Handler)
+    try:
+        server = HTTPServer((HOST, PORT), Handler)
+    except OSError as err:  # most often the port is taken: one clear line, not a traceback
+        sys.exit(f"{NAME}: cannot listen on {HOST}:{PORT}: {err.strerror or err}; "
+                 'choose another "PORT" in the "env" of pb_processes.json')
     print(f"{NAME} listening on http://{HOST}:{PORT} (PocketBase at {PB_URL})", flush=True)
     try:
         server.serve_forever()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -78,14 +79,14 @@ def test_repository_demo_matches_what_init_writes() -> None:
 
 
 class Agent:
-    def __init__(self, root: Path, pb_url: str) -> None:
+    def __init__(self, root: Path, pb_url: str, port: int | None = None) -> None:
         init_project(root)
         (spec,) = load_config(root / "pb_processes.json", {}).processes
         plan = plan_launch(spec, os.environ.get("PATH"))
         pb = SimpleNamespace(url=pb_url, host="127.0.0.1", port=int(pb_url.rsplit(":", 1)[1]),
                  data_dir=root / "pb_data", hooks_dir=root / "pb_hooks")
         env = sidecar_env(spec, os.environ, pb, plan)  # type: ignore[arg-type]
-        self.port = free_port()
+        self.port = port or free_port()
         env["PORT"] = str(self.port)                     # not the sample's 8001: tests run in parallel
         self.out, self.err = root / "agent.out", root / "agent.err"
         with open(self.out, "wb") as out, open(self.err, "wb") as err:
@@ -128,6 +129,18 @@ def test_agent_reports_pocketbase_down_cleanly(tmp_path: Path, closed_port_url: 
         assert agent.stop() == 0                         # SIGTERM: a clean exit, no traceback
     assert agent.lines()[-1] == "ai-agent stopped"
     assert "Traceback" not in agent.err.read_text()
+
+
+def test_agent_on_a_taken_port_says_so_in_one_line(tmp_path: Path, closed_port_url: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        agent = Agent(tmp_path, closed_port_url, port=port)
+        assert agent.proc.wait(15) == 1
+    assert agent.err.read_text() == (
+        f"ai-agent: cannot listen on 127.0.0.1:{port}: Address already in use; "
+        'choose another "PORT" in the "env" of pb_processes.json\n')
 
 
 def pocketbase_binary() -> str | None:
