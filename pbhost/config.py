@@ -124,6 +124,9 @@ def _read_document(path: Path) -> Any:
     return _parse_json(path, text)
 
 
+TOO_DEEP = "nested too deeply to be a process list (brackets that never close?)"
+
+
 class _JsonObject(dict):  # type: ignore[type-arg]
     """A JSON object that remembers keys it saw twice (json.loads keeps the last silently)."""
 
@@ -144,6 +147,8 @@ def _parse_json(path: Path, text: str) -> Any:
     except json.JSONDecodeError as exc:
         problem = f"JSON syntax error at line {exc.lineno}, column {exc.colno}: {exc.msg}"
         raise ConfigError(str(path), [problem]) from None
+    except RecursionError:
+        raise ConfigError(str(path), [TOO_DEEP]) from None
 
 
 def _parse_yaml(path: Path, text: str) -> Any:
@@ -156,6 +161,8 @@ def _parse_yaml(path: Path, text: str) -> Any:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         detail = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(str(path), [f"YAML syntax error{where}: {detail}"]) from None
+    except RecursionError:
+        raise ConfigError(str(path), [TOO_DEEP]) from None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -243,6 +243,20 @@ def test_a_utf8_bom_is_accepted_by_pbhost_check(root: Path) -> None:
     assert "1 process(es) OK: ai-agent" in done.stdout
 
 
+@pytest.mark.parametrize("name, text", [
+    ("pb_processes.json", "[" * 100_000 + "]" * 100_000),
+    ("pb_processes.yaml", "- " * 5_000 + "x\n"),
+])
+def test_absurdly_deep_nesting_is_a_config_error_not_a_traceback(
+        root: Path, name: str, text: str) -> None:
+    (root / name).write_text(text)
+    done = subprocess.run([sys.executable, "-m", "pbhost", "check"], cwd=root,
+                          env=pbhost_env(), capture_output=True, text=True, timeout=30)
+    assert (done.returncode, done.stderr) == (
+        2, f"pbhost: error: {root / name}: nested too deeply to be a process list "
+           "(brackets that never close?)\n")
+
+
 def test_missing_file(root: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(root / "nope.json", {})
