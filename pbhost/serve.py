@@ -106,6 +106,7 @@ def run_serve(opts: Options, serve_args: list[str]) -> int:
     async def main() -> int:
         stream.start(asyncio.get_running_loop())
         log.log(*start.hook.log_line())
+        _warn_misplaced_options(serve_args)
         settings.processes = _load_processes(opts, cwd, start.loaded)
         _become_reaper()
         host = Host(settings, stream, notifier=notifier,
@@ -128,6 +129,16 @@ def run_serve(opts: Options, serve_args: list[str]) -> int:
         prespawn.stop(start)  # a no-op unless the host failed before it stopped PocketBase
         notifier.close()
         stream.close(timeout=2.0)
+
+
+def _warn_misplaced_options(serve_args: Sequence[str]) -> None:
+    """`pbhost serve --no-color` hands --no-color to PocketBase, which refuses it: say why."""
+    for arg in serve_args:
+        name = arg.split("=", 1)[0]
+        if name.startswith("--") and (name in prespawn.VALUE_OPTIONS
+                                      or name in prespawn.FLAG_OPTIONS):
+            log.warning("%s comes after `serve`, so it goes to PocketBase; pbhost's own options "
+                        "go before `serve`: pbhost %s serve ...", arg, arg)
 
 
 def _become_reaper() -> None:

@@ -213,6 +213,16 @@ def test_pocketbase_port_in_use_gives_up_and_exits_non_zero(project: Project) ->
     assert "PocketBase gave up; stopping everything" in out
 
 
+def test_a_pbhost_option_after_serve_is_explained(project: Project) -> None:
+    """Everything after `serve` goes to PocketBase, which only says "unknown flag"."""
+    run = project.serve("--no-color", wait_healthy=False)
+    assert run.wait_exit(timeout=30) == 1
+    out = run.output()
+    assert "unknown flag: --no-color" in out  # PocketBase's own word, unchanged
+    assert ("[pbhost] --no-color comes after `serve`, so it goes to PocketBase; pbhost's own "
+            "options go before `serve`: pbhost --no-color serve ...") in out
+
+
 def test_missing_pocketbase_binary_is_a_clear_message(project: Project) -> None:
     run = project.serve(pbhost_args=("--pocketbase", "./nope"), wait_healthy=False)
     assert run.wait_exit() == 127
