@@ -44,6 +44,11 @@ def find_endpoint(data_dir: str | None, environ: Mapping[str, str], cwd: Path) -
     try:
         info = read_control_file(path)
     except FileNotFoundError:
+        from .leftovers import running_owner
+        owner = running_owner(path.parents[1])
+        if owner is not None:  # `pbhost --api off serve`: running, but nothing to talk to
+            raise ClientError(f"the pbhost running for {shown} (pid {owner}) has no control API "
+                              "(started with --api off?)") from None
         rel = path.relative_to(path.parents[1])
         raise ClientError(f"no pbhost is running for {shown} (no {rel}); start one with "
                           "`pbhost serve`, or point at its data dir with --dir") from None

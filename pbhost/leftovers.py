@@ -155,10 +155,9 @@ def end_previous_run(data_dir: Path, grace: float = LEFTOVER_GRACE) -> int:
         return 0
     if data.get("boot") != proctable.boot_id():
         return 0  # written before a reboot: none of it can be alive
-    owner = data.get("pbhost") or {}
-    if isinstance(owner, dict) and proctable.is_alive(int(owner.get("pid", 0)),
-                                                     int(owner.get("start", -1))):
-        raise PbhostError(f"another pbhost (pid {owner['pid']}) is running with the data dir "
+    owner = _live_owner(data)
+    if owner is not None:
+        raise PbhostError(f"another pbhost (pid {owner}) is running with the data dir "
                           f"{data_dir}; stop it first")
     leftovers = find_leftovers(data)
     for p, proc_id in leftovers:
@@ -166,6 +165,23 @@ def end_previous_run(data_dir: Path, grace: float = LEFTOVER_GRACE) -> int:
                     p.pid, proc_id, proctable.cmdline(p.pid))
     end_processes([p for p, _ in leftovers], grace)
     return len(leftovers)
+
+
+def running_owner(data_dir: Path) -> int | None:
+    """The pid of the pbhost running with `data_dir` now, as its state.json says, or None."""
+    try:
+        data = _read(state_path(data_dir))
+    except (OSError, ValueError):
+        return None
+    return _live_owner(data) if data.get("boot") == proctable.boot_id() else None
+
+
+def _live_owner(data: dict[str, Any]) -> int | None:
+    owner = data.get("pbhost") or {}
+    if isinstance(owner, dict) and proctable.is_alive(int(owner.get("pid", 0)),
+                                                     int(owner.get("start", -1))):
+        return int(owner["pid"])
+    return None
 
 
 def end_processes(procs: list[ProcInfo], grace: float) -> list[ProcInfo]:

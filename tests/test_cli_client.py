@@ -183,6 +183,20 @@ def test_dir_option_and_env_override_with_a_unix_socket(project: Project) -> Non
     run.stop()
 
 
+def test_a_pbhost_running_with_api_off_is_not_called_absent(project: Project) -> None:
+    run = project.serve(pbhost_args=("--api", "off"))
+    def ls_if_it_knows() -> subprocess.CompletedProcess[str] | None:
+        res = pbhost(project.root, "ls")  # state.json names pbhost once PocketBase is spawned
+        return res if "has no control API" in res.stderr else None
+
+    res = wait_for(ls_if_it_knows, 15, "the --api off message")
+    assert res.returncode == 1
+    assert res.stderr == (f"pbhost: error: the pbhost running for ./pb_data (pid {run.proc.pid})"
+                          " has no control API (started with --api off?)\n")
+    run.stop()
+    assert "no pbhost is running for ./pb_data" in pbhost(project.root, "ls").stderr
+
+
 def test_unreachable_api_is_one_line(tmp_path: Path) -> None:
     env = {"PBHOST_API_URL": "http://127.0.0.1:9", "PBHOST_API_TOKEN": "t"}
     res = pbhost(tmp_path, "ls", env=env)
