@@ -106,7 +106,8 @@ class Supervisor:
 
     # -- spawning -------------------------------------------------------------------------
     def spawn_now(self) -> int | None:
-        """Start one run now; a failure to start counts as a quick failure."""
+        """Start one run now. A process that cannot be started at all (command not found, not
+        executable, cwd gone) is `crashed` at once: retrying the same exec cannot succeed."""
         self._cancel_backoff()
         self._set_state(S.STARTING)
         try:
@@ -115,8 +116,10 @@ class Supervisor:
             child = spawn(launch.argv, launch.env, launch.cwd)
         except SpawnError as exc:
             self.last_error = exc.strerror
-            log.error("%s: cannot start: %s", self.id, exc.strerror)
-            self._after_failure()
+            self.failures += 1
+            log.error("%s: cannot start: %s; marked crashed (fix it, then `pbhost start %s`)",
+                      self.id, exc.strerror, self.id)
+            self._set_state(S.CRASHED)
             return None
         self.adopt(child)
         return child.pid

@@ -160,12 +160,21 @@ def test_child_ignoring_sigterm_is_killed_after_stop_timeout(project: Project) -
 
 
 def test_missing_command_ends_crashed_while_pocketbase_serves(project: Project) -> None:
-    project.config([{"id": "ghost", "command": "no-such-binary-pbhost", "maxRetries": 2,
-                     "backoff": "100ms"}])
+    # Default maxRetries (unlimited): a command that cannot be started at all still ends
+    # crashed at once, with the reason, instead of retrying the same exec forever.
+    project.config([{"id": "ghost", "command": "no-such-binary-pbhost"}])
     run = project.serve()
-    run.wait_line("ghost: cannot start: command not found: no-such-binary-pbhost")
-    run.wait_line("ghost: giving up after 2 quick failures")
+    run.wait_line("ghost: cannot start: command not found: no-such-binary-pbhost; marked crashed")
+    assert "restarting in" not in run.output()
     assert run.healthy()
+
+
+def test_a_command_that_is_not_executable_ends_crashed_with_the_reason(project: Project) -> None:
+    project.write("tool", "#!/bin/sh\necho hi\n", mode=0o644)
+    project.config([{"id": "tool", "command": "./tool"}])
+    run = project.serve()
+    run.wait_line("tool: cannot start: permission denied")
+    assert "restarting in" not in run.output()
 
 
 def test_sidecar_environment_is_injected(project: Project) -> None:
