@@ -161,10 +161,11 @@ def start_pocketbase(opts: EarlyOptions, serve_args: Sequence[str], cwd: Path,
     run_id = new_run_id()
     base = {**child_environ(environ), RUN_ENV: run_id}
     env = pocketbase_env(base, api.url if api else None, token)
+    child: Child | None = None
     try:
-        child: Child | None = spawn([binary, "serve", *serve_args], env, str(cwd))
+        child = spawn([binary, "serve", *serve_args], env, str(cwd))
     except SpawnError:
-        child = None
+        pass
     else:
         _early_groups.append(child.pgid)
         _install_early_signals()
