@@ -16,7 +16,10 @@ def main() -> None:
         from .cli import main as cli_main
         cli_main()
     except prespawn.StartupInterrupted:
-        sys.exit(0)  # a shutdown signal during start-up: stopping everything is a clean exit
+        # A shutdown signal during start-up: stopping everything is a clean exit, 130 if a
+        # second Ctrl-C forced it meanwhile (host.EXIT_FORCED; host may not be imported yet).
+        prespawn.discard()  # first, so that a Ctrl-C during this stop counts
+        sys.exit(130 if prespawn.forced() else 0)
     finally:
         prespawn.discard()  # click refused the options: the PocketBase started early goes
 

@@ -78,7 +78,8 @@ class Host:
         self.started = asyncio.Event()  # set once the autostart sidecars have been spawned
         self.forced = False  # a second Ctrl-C killed everything at once
         self._track_pending = False
-        self.sweeper = Sweeper(lambda: [s.pid for s in self.supervisors if s.pid])
+        self.sweeper = Sweeper(lambda: [s.pid for s in self.supervisors if s.pid],
+                               lambda proc_id: self.get(proc_id).pid)
         self.on_pb_healthy: list[Callable[[], None]] = []  # called each time PB turns healthy
         self.before_pb_stop: list[Callable[[], Awaitable[None]]] = []  # awaited at shutdown
 

@@ -95,6 +95,9 @@ class StartupInterrupted(BaseException):
 
 
 _pending: PbStart | None = None  # spawned by fast_start, not yet taken by run_serve
+_early_groups: list[int] = []  # PocketBase groups spawned before the loop's signal handlers
+_interrupted = False  # a shutdown signal arrived before the loop's handlers: start-up unwinds
+_forced = False  # then a second Ctrl-C killed PocketBase's group at once
 
 
 def parse_early(argv: Sequence[str],
@@ -158,11 +161,13 @@ def start_pocketbase(opts: EarlyOptions, serve_args: Sequence[str], cwd: Path,
     run_id = new_run_id()
     base = {**child_environ(environ), RUN_ENV: run_id}
     env = pocketbase_env(base, api.url if api else None, token)
+    child: Child | None = None
     try:
-        child: Child | None = spawn([binary, "serve", *serve_args], env, str(cwd))
+        child = spawn([binary, "serve", *serve_args], env, str(cwd))
     except SpawnError:
-        child = None
+        pass
     else:
+        _early_groups.append(child.pgid)
         _install_early_signals()
     return PbStart((opts, tuple(serve_args), cwd), binary, pb, run_id, base, api, token, hook,
                    child, loaded)
@@ -200,7 +205,21 @@ def _strict_config(opts: EarlyOptions, cwd: Path,
 
 
 def _on_early_signal(sig: int, frame: object) -> None:
-    raise StartupInterrupted(sig)
+    global _interrupted, _forced
+    if not _interrupted:
+        _interrupted = True
+        raise StartupInterrupted(sig)
+    # Start-up is already unwinding (stopping PocketBase): raising again would break that
+    # cleanup with a traceback. A second Ctrl-C kills at once, as it does once the loop runs.
+    if sig == signal.SIGINT:
+        _forced = True
+        for pgid in _early_groups:
+            killpg(pgid, signal.SIGKILL)
+
+
+def forced() -> bool:
+    """A second Ctrl-C during start-up killed PocketBase at once (exit 130, as after start-up)."""
+    return _forced
 
 
 def _install_early_signals() -> None:

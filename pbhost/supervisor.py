@@ -222,13 +222,18 @@ class Supervisor:
 
     async def stop(self) -> None:
         """Stop and stay stopped: keep-alive leaves it alone until start() or restart()."""
-        self._stop_gen += 1
+        self._stop_gen += 1  # at once: a restart under way yields to this stop
         self.held = True
         self._cancel_backoff()
-        await self._terminate()
-        if self.state is not S.STOPPED:
-            self._set_state(S.STOPPED)
-            log.info("%s: stopped", self.id)
+        # In turn with start() and restart(): run alongside them, this stop could end a child
+        # they had just spawned without waiting for it (then "stopped" while it runs on) or
+        # find the state they set and make an illegal move.
+        async with self._lock:
+            self._cancel_backoff()
+            await self._terminate()
+            if self.state is not S.STOPPED:
+                self._set_state(S.STOPPED)
+                log.info("%s: stopped", self.id)
 
     # -- requested operations -------------------------------------------------------------
     async def restart(self, reason: str = "requested") -> int | None:

@@ -28,18 +28,23 @@ KILL_WAIT = 1.0  # after SIGKILL: time for the kernel to take them before pbhost
 
 
 class Sweeper:
-    def __init__(self, supervised: Callable[[], Collection[int]]) -> None:
+    def __init__(self, supervised: Callable[[], Collection[int]],
+                 current: Callable[[str], int | None] = lambda proc_id: None) -> None:
         self._supervised = supervised  # pids of the live supervised children: never touched
+        self._current = current  # an id's live child (its replacement after an exit), if any
         self._me = os.getpid()
         self._pending: set[str] = set()
         self._signalled: set[tuple[int, int]] = set()  # (pid, start) sent SIGTERM already
 
-    def escaped(self, proc_id: str | None = None) -> list[ProcInfo]:
-        """Unsupervised children of pbhost (from `proc_id` only, if given) and descendants."""
+    def escaped(self, proc_id: str | None = None,
+                before: int | None = None) -> list[ProcInfo]:
+        """Unsupervised children of pbhost (from `proc_id` only, if given; started before the
+        start time `before` only, if given) and their descendants."""
         procs = list(proctable.all_processes())
         keep = set(self._supervised())
         roots = [p.pid for p in procs
                  if p.ppid == self._me and p.pid not in keep and p.state != "Z"
+                 and (before is None or p.start < before)
                  and (proc_id is None
                       or proctable.environ(p.pid).get("PBHOST_PROCESS_ID") == proc_id)]
         return [p for p in proctable.subtrees(roots, procs) if p.state != "Z"]
@@ -54,7 +59,11 @@ class Sweeper:
 
     def _sweep_one(self, proc_id: str, grace: float) -> None:
         self._pending.discard(proc_id)
-        procs = self.escaped(proc_id)
+        # A replacement may be running already (a restart does not wait for this sweep): what
+        # it left outside its group since it started is its own, not the exited run's.
+        replacement = self._current(proc_id)
+        since = proctable.start_time(replacement) if replacement else None
+        procs = self.escaped(proc_id, before=since)
         if not procs:
             return
         self._signalled = {k for k in self._signalled if proctable.is_alive(*k)}

@@ -364,6 +364,45 @@ def test_fifty_concurrent_restarts_leave_exactly_one_group(project: Project) -> 
     assert final["restartCount"] < 50  # the burst was coalesced
 
 
+def test_stop_and_restart_arriving_together_keep_state_and_processes_agreeing(
+        project: Project) -> None:
+    # The leader goes at once on SIGTERM; the helper in its group takes a moment longer, so
+    # both requests wait for the group to empty and may resume in either order.
+    project.write("pair.py", """
+        import os, signal, subprocess, sys, time
+        helper = "import os, signal, sys, time; signal.signal(signal.SIGTERM, lambda *_: " \\
+                 "(time.sleep(0.2), sys.exit(0))); print(f'ready={os.getppid()}', " \\
+                 "flush=True); signal.pause()"
+        subprocess.Popen([sys.executable, "-c", helper])
+        signal.pause()
+    """)
+    script = project.root / "pair.py"
+    project.config([{"id": "pair", "script": "pair.py", "interpreter": PY}])
+    run = project.serve()
+    api = Api(run)
+
+    def settled() -> dict[str, Any] | None:
+        proc = api.proc("pair")
+        live = live_pids_running(script)
+        if proc["status"] == "running" and live == [proc["pid"]]:
+            return proc
+        if proc["status"] == "stopped" and not live:
+            return proc
+        return None
+    for _ in range(6):
+        status, body = api.post("/api/pm/pair/start")
+        assert status == 200, body
+        run.wait_line(f"[pair][STDOUT] ready={body['pid']}")  # its helper is up
+        with ThreadPoolExecutor(2) as pool:
+            stop = pool.submit(api.post, "/api/pm/pair/stop", timeout=30)
+            wait_for(lambda: api.proc("pair")["status"] == "stopping", 10, "the stop under way")
+            restart = pool.submit(api.post, "/api/pm/pair/restart", timeout=30)
+            results = [stop.result(), restart.result()]
+        assert all(status in (200, 409) for status, _ in results), results
+        assert "illegal move" not in run.output()
+        wait_for(settled, 15, "pair's state agreeing with its processes")
+
+
 def test_stop_during_a_restart_wins_and_other_ids_do_not_wait(project: Project) -> None:
     project.write("stubborn.py", STUBBORN)
     project.write("ticker.py", TICKER)

@@ -134,6 +134,27 @@ def test_escaped_grandchild_ends_when_its_sidecar_restarts(project: Project) -> 
     assert f"s: ending pid {old}" in run.output()
 
 
+def test_restart_sweep_spares_what_the_replacement_left_outside_its_group(
+        project: Project) -> None:
+    # sh starts in a millisecond: the replacement's escapee exists before the sweep of the
+    # exited run looks at /proc (100 ms after the exit).
+    project.write("quick.sh", """
+        (setsid sleep 600 & echo "escaped=$!")
+        echo "pid=$$"
+        exec sleep 600
+    """)
+    project.config([{"id": "q", "script": "quick.sh", "interpreter": "sh"}])
+    run = project.serve(env={"PBHOST_HEALTHY_SECONDS": "0"})  # any exit restarts at once
+    pid = ints(run.wait_line("[q][STDOUT] pid="), "pid")[0]
+    old = ints(run.wait_line("[q][STDOUT] escaped="), "escaped")[0]
+    os.kill(pid, signal.SIGKILL)
+    new = ints(run.wait_line("[q][STDOUT] escaped=", count=2), "escaped")[0]
+    run.wait_line(f"q: ending pid {old}")
+    wait_for(lambda: not pid_alive(old), 10, f"old escapee {old} gone")
+    assert pid_alive(new), run.output()[-2000:]
+    assert f"ending pid {new}" not in run.output()
+
+
 def test_gpu_workers_all_gone_after_stop(project: Project) -> None:
     project.write("gpu.py", GPU)
     project.config([{"id": "gpu", "script": "gpu.py", "interpreter": PY}])

@@ -111,6 +111,35 @@ def test_sigterm_during_startup_stops_pocketbase_and_exits_0(project: Project) -
     wait_for(lambda: not any(pid_alive(p) for p in pids), 5, "the PocketBase group gone")
 
 
+# A PocketBase that takes its time to stop: it notes the SIGTERM and keeps running.
+SLOW_STOP_PB = """\
+#!/bin/sh
+echo "$$" > "$0.pids"
+trap 'echo term > "$0.term"' TERM
+while :; do sleep 0.1; done
+"""
+
+
+def test_second_ctrl_c_during_startup_kills_at_once_without_traceback(project: Project) -> None:
+    fake = project.write("fakepb", SLOW_STOP_PB, mode=0o755)
+    proc = subprocess.Popen([sys.executable, "-m", "pbhost", "--pocketbase", str(fake), "serve"],
+                            cwd=project.root, env=pbhost_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        pids = wait_for(lambda: recorded_pids(fake), 10, "the early PocketBase's pid file")
+        proc.send_signal(signal.SIGINT)  # most likely while pbhost is still importing
+        wait_for(Path(f"{fake}.term").exists, 10, "PocketBase asked to stop")
+        proc.send_signal(signal.SIGINT)  # while pbhost waits for it to stop
+        _, err = proc.communicate(timeout=4)  # well before the 5 s stop timeout
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    wait_for(lambda: not any(pid_alive(p) for p in pids), 5, "the PocketBase group gone")
+
+
 def test_served_pocketbase_is_the_early_one(project: Project) -> None:
     """The host adopts the child the fast path spawned instead of starting a second one."""
     run = project.serve(pbhost_args=("-v",))
