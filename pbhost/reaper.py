@@ -66,7 +66,10 @@ class Reaper:
                 return
             callback = self._watched.pop(pid, None)
             if callback is not None:
-                callback(status)
+                try:
+                    callback(status)
+                except Exception:  # a bug in one supervisor must not stall reaping the rest
+                    log.exception("handling the exit of pid %d failed", pid)
             else:
                 self.orphans_reaped += 1
                 log.debug("reaped pid %d (%s), not one of ours directly", pid,
