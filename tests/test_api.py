@@ -101,7 +101,7 @@ def live_pids_running(script: Path) -> list[int]:
 def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     project = Project(tmp_path_factory.mktemp("shared"))
     project.write("ticker.py", TICKER)
-    project.write("quiet.py", "import time\ntime.sleep(600)\n")
+    project.write("quiet.py", "import threading\nthreading.Event().wait()\n")
     project.config([{"id": "ticker", "script": "ticker.py", "interpreter": PY},
                     {"id": "quiet", "script": "quiet.py", "interpreter": PY, "devMode": True}])
     upsert_superuser(project.root)
@@ -282,10 +282,10 @@ def test_control_json_is_private_and_pocketbase_gets_the_api_address(shared: Api
 # -- tests that change processes: a pbhost each -------------------------------------------
 def test_restart_gives_a_new_pid_and_the_old_group_is_gone(project: Project) -> None:
     project.write("fam.py", """
-        import os, subprocess, sys, time
-        kid = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+        import os, subprocess, sys, threading, time
+        kid = subprocess.Popen([sys.executable, "-c", "import threading; threading.Event().wait()"])
         print(f"pid={os.getpid()} kid={kid.pid}", flush=True)
-        time.sleep(600)
+        threading.Event().wait()
     """)
     project.config([{"id": "ai-agent", "script": "fam.py", "interpreter": PY}])
     run = project.serve()
@@ -328,11 +328,11 @@ def test_stop_stays_stopped_and_start_brings_it_back(project: Project) -> None:
 
 def test_start_after_crashed_runs_it_with_a_fresh_budget(project: Project) -> None:
     project.write("picky.py", """
-        import os, sys, time
+        import os, sys, threading, time
         if not os.path.exists("fixed"):
             sys.exit("config missing")
         print("ok now", flush=True)
-        time.sleep(600)
+        threading.Event().wait()
     """)
     project.config([{"id": "picky", "script": "picky.py", "interpreter": PY, "maxRetries": 2,
                      "backoff": "100ms"}])

@@ -18,10 +18,10 @@ from conftest import Project, free_port, pbhost_env, wait_for
 PY = sys.executable
 
 HELLO = """
-import sys, time
+import sys, threading, time
 print("Hello World")
 print("model file missing: /models/llama.gguf", file=sys.stderr)
-time.sleep(3600)
+threading.Event().wait()
 """
 
 
@@ -53,7 +53,7 @@ def test_story7_stderr_line_with_prefix_at_error_level(project: Project) -> None
 
 
 FLOOD = """
-import os, sys, time
+import os, sys, threading, time
 t0 = time.monotonic()
 w = sys.stdout.write
 for i in range(int(sys.argv[1])):
@@ -62,7 +62,7 @@ sys.stdout.flush()
 with open("done.tmp", "w") as f:
     f.write(f"{time.monotonic() - t0:.3f}")
 os.rename("done.tmp", "done")
-time.sleep(3600)
+threading.Event().wait()
 """
 
 

@@ -116,7 +116,7 @@ def standin() -> Iterator[StandIn]:
 
 
 # -- /api/pm/* on PocketBase's port ------------------------------------------------------------
-AGENT = "import os, time\nprint(f'pid={os.getpid()}', flush=True)\ntime.sleep(600)\n"
+AGENT = "import os, threading\nprint(f'pid={os.getpid()}', flush=True)\nthreading.Event().wait()\n"
 VOLATILE = ("uptime", "cpu", "memory")  # change from one call to the next
 
 
@@ -189,10 +189,10 @@ def test_pm_routes_forward_pbhost_token_and_answer_502_when_it_is_gone(
 def test_sidecar_stderr_reaches_pocketbase_logs(project: Project) -> None:
     make_superuser(project)
     project.write("agent.py", """
-        import sys, time
+        import sys, threading, time
         print("plain stdout line", flush=True)
         print("agent failed: boom-7f3a", file=sys.stderr, flush=True)
-        time.sleep(600)
+        threading.Event().wait()
     """)
     project.config([{"id": "ai-agent", "script": "agent.py", "interpreter": PY}])
     run = project.serve()
@@ -212,13 +212,13 @@ def test_sidecar_stderr_reaches_pocketbase_logs(project: Project) -> None:
 def test_last_lines_reach_pocketbase_before_it_stops(project: Project) -> None:
     make_superuser(project)
     project.write("agent.py", """
-        import signal, sys, time
+        import signal, sys, threading, time
         def bye(*_):
             print("agent stopping: bye-91c2", file=sys.stderr, flush=True)
             sys.exit(0)
         signal.signal(signal.SIGTERM, bye)
         print("ready", flush=True)
-        time.sleep(600)
+        threading.Event().wait()
     """)
     project.config([{"id": "ai-agent", "script": "agent.py", "interpreter": PY}])
     run = project.serve()
@@ -239,12 +239,12 @@ def test_last_lines_reach_pocketbase_before_it_stops(project: Project) -> None:
 def test_stdout_flood_is_rate_limited_and_reported(project: Project) -> None:
     make_superuser(project)
     flood = """
-        import sys, time
+        import sys, threading, time
         for i in range(20000):
             print(f"line {i} " + "x" * 200)
         sys.stdout.flush()
         print("flood done", file=sys.stderr, flush=True)
-        time.sleep(600)
+        threading.Event().wait()
     """
     project.write("flood.py", flood)
     project.write("quiet.py", flood)

@@ -23,46 +23,46 @@ EXAMPLE = ROOT / "examples" / "docker"
 
 # A process that records the SIGTERM it gets (so we know pbhost ended it, not the kernel).
 GRAND = """
-    import os, signal, sys, time
+    import os, signal, sys, threading, time
     def on_term(*_):
         with open(os.environ["MARKER"], "a") as f:
             f.write(f"{os.getpid()}\\n")
         sys.exit(0)
     signal.signal(signal.SIGTERM, on_term)
     print(f"grand={os.getpid()}", flush=True)
-    time.sleep(600)
+    threading.Event().wait()
 """
 
 # A sidecar with one grandchild in its own group and one that escapes with setsid().
 ESCAPER = """
-    import os, subprocess, sys, time
+    import os, subprocess, sys, threading, time
     here = os.path.dirname(os.path.abspath(__file__))
     inner = subprocess.Popen([sys.executable, os.path.join(here, "grand.py")])
     escaped = subprocess.Popen([sys.executable, os.path.join(here, "grand.py")],
                                start_new_session=True)
     print(f"pid={os.getpid()} inner={inner.pid} escaped={escaped.pid}", flush=True)
-    time.sleep(600)
+    threading.Event().wait()
 """
 
 # The spec's GPU worker: three multiprocessing workers, the third in a session of its own.
 GPU = """
-    import multiprocessing, os, time
+    import multiprocessing, os, threading, time
     def work(i):
         if i == 2:
             os.setsid()
-        time.sleep(600)
+        threading.Event().wait()
     if __name__ == "__main__":
         workers = [multiprocessing.Process(target=work, args=(i,)) for i in range(3)]
         for w in workers:
             w.start()
         print("pid=%d workers=%s" % (os.getpid(), ",".join(str(w.pid) for w in workers)),
               flush=True)
-        time.sleep(600)
+        threading.Event().wait()
 """
 
 # Daemonizes the textbook way: fork, setsid, fork again, the middle one exits at once.
 DOUBLE_FORK = """
-    import os, sys, time
+    import os, sys, threading, time
     def daemon(name):
         pid = os.fork()
         if pid:
@@ -76,7 +76,7 @@ DOUBLE_FORK = """
     daemon("a")
     daemon("b")
     print(f"pid={os.getpid()}", flush=True)
-    time.sleep(600)
+    threading.Event().wait()
 """
 
 
@@ -186,7 +186,7 @@ def test_kill_9_children_die_and_the_next_run_ends_only_the_leftovers(project: P
     assert stat.S_IMODE((run.data_dir / ".pbhost").stat().st_mode) == 0o700
 
     # A bystander that looks like a sidecar of this project but is not of that run.
-    decoy = subprocess.Popen([PY, "-c", "import time; time.sleep(600)"], start_new_session=True,
+    decoy = subprocess.Popen([PY, "-c", "import threading; threading.Event().wait()"], start_new_session=True,
                              env={**os.environ, "PBHOST_PROCESS_ID": "s",
                                   "PB_DATA_DIR": str(run.data_dir)})
     try:
@@ -365,9 +365,9 @@ class NotifyListener:
 @pytest.mark.parametrize("abstract", [False, True], ids=["path", "abstract"])
 def test_sd_notify_ready_after_health_then_stopping(project: Project, abstract: bool) -> None:
     project.write("s.py", """
-        import os, time
+        import os, threading, time
         print("notify=" + os.environ.get("NOTIFY_SOCKET", "unset"), flush=True)
-        time.sleep(600)
+        threading.Event().wait()
     """)
     project.config([{"id": "s", "script": "s.py", "interpreter": PY}])
     listener = NotifyListener(project.root, abstract)
@@ -397,10 +397,10 @@ def test_sd_notify_ready_after_health_then_stopping(project: Project, abstract: 
 
 def test_journal_stream_gets_syslog_priority_prefixes(project: Project) -> None:
     project.write("s.py", """
-        import sys, time
+        import sys, threading, time
         print("to stdout", flush=True)
         print("to stderr", file=sys.stderr, flush=True)
-        time.sleep(600)
+        threading.Event().wait()
     """)
     project.config([{"id": "s", "script": "s.py", "interpreter": PY}])
     out = project.root / "pbhost-0.out"  # where project.serve() sends this run's output

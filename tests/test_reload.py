@@ -17,10 +17,10 @@ import pytest
 from conftest import PbhostRun, Project, pid_alive, wait_for
 
 SIDECAR = """\
-import os, time
+import os, threading, time
 print(f"pid={os.getpid()}", flush=True)
 while True:
-    time.sleep(3600)
+    threading.Event().wait()
 """
 QUIET = 2.0  # the 500 ms window plus a restart, with a margin for a busy machine
 

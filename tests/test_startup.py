@@ -216,9 +216,9 @@ def test_early_pocketbase_gets_the_runs_environment(project: Project) -> None:
     """Spawned before systemd.py and leftovers.py are loaded, PocketBase still carries the run
     id the next run looks for, and not pbhost's own NOTIFY_SOCKET."""
     project.write("env.py", """
-        import os, time
+        import os, threading, time
         print("run=" + os.environ["PBHOST_RUN_ID"], flush=True)
-        time.sleep(600)
+        threading.Event().wait()
     """)
     project.config([{"id": "env", "script": "env.py", "interpreter": sys.executable}])
     run = project.serve(env={"NOTIFY_SOCKET": "@pbhost-test-none"})
