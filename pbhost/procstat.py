@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass
 from typing import Iterable
 
+from . import proctable
+
 try:
     CLK_TCK = os.sysconf("SC_CLK_TCK")
     PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -21,9 +23,6 @@ except (AttributeError, ValueError, OSError):  # not POSIX enough: report zeros
 
 PROC = "/proc"
 FORGET = 60.0  # seconds a sample of a group nobody asks about is kept
-
-# Fields of /proc/<pid>/stat after the ")" closing the command name (field 3 is index 0).
-_PGRP, _UTIME, _STIME, _START, _RSS = 2, 11, 12, 19, 21
 
 
 @dataclass(frozen=True)
@@ -92,15 +91,12 @@ def scan_groups(pgids: set[int]) -> dict[int, list[tuple[int, int, int, int]]]:
             # getpgid is one syscall; reading stat is three: only read the members' stat.
             if os.getpgid(pid) not in pgids:
                 continue
-            with open(f"{PROC}/{name}/stat", "rb") as f:
-                fields = f.read().rpartition(b")")[2].split()
         except OSError:
             continue  # gone meanwhile
-        if fields[0] == b"Z":
+        info = proctable.proc_info(pid)
+        if info is None or info.state == "Z":
             continue
-        out.setdefault(int(fields[_PGRP]), []).append(
-            (pid, int(fields[_START]), int(fields[_UTIME]) + int(fields[_STIME]),
-             int(fields[_RSS])))
+        out.setdefault(info.pgid, []).append((pid, info.start, info.cpu_ticks, info.rss_pages))
     return out
 
 

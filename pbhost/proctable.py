@@ -19,6 +19,8 @@ class ProcInfo:
     start: int   # field 22 of /proc/<pid>/stat: clock ticks after boot
     state: str   # "R", "S", "Z", ...
     comm: str
+    cpu_ticks: int = 0  # utime + stime (fields 14, 15), clock ticks
+    rss_pages: int = 0  # field 24
 
 
 def _parse_stat(pid: int, data: bytes) -> ProcInfo:
@@ -27,7 +29,8 @@ def _parse_stat(pid: int, data: bytes) -> ProcInfo:
     comm = data[data.index(b"(") + 1:close].decode("utf-8", "replace")
     f = data[close + 2:].split()
     # f[0] is field 3 (state); field n is f[n - 3].
-    return ProcInfo(pid, int(f[1]), int(f[2]), int(f[3]), int(f[19]), f[0].decode(), comm)
+    return ProcInfo(pid, int(f[1]), int(f[2]), int(f[3]), int(f[19]), f[0].decode(), comm,
+                    int(f[11]) + int(f[12]), int(f[21]))
 
 
 def proc_info(pid: int) -> ProcInfo | None:
