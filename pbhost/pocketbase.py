@@ -51,10 +51,6 @@ class PocketBaseInfo:
                 f"data_dir={self.data_dir!r}, hooks_dir={self.hooks_dir!r})")
 
     @property
-    def db_path(self) -> Path:
-        return self.data_dir / "data.db"
-
-    @property
     def local_host(self) -> str:
         """The address a local client connects to (a wildcard host becomes 127.0.0.1)."""
         return "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
