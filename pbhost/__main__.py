@@ -10,10 +10,10 @@ import sys
 
 
 def main() -> None:
-    from . import prespawn
+    from pbhost.startup import prespawn
     prespawn.fast_start(sys.argv[1:])
     try:
-        from .cli import main as cli_main
+        from pbhost.cli.commands import main as cli_main
         cli_main()
     except prespawn.StartupInterrupted:
         # A shutdown signal during start-up: stopping everything is a clean exit, 130 if a

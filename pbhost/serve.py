@@ -1,4 +1,9 @@
-"""`pbhost serve`: assemble the log stream, the config and the host, and run the loop."""
+"""`pbhost serve`, the normal path: the log stream, the config, the host and what plugs into it
+(dev mode, the PocketBase hook, the control API), then the loop until shutdown.
+
+PocketBase itself is usually running already: the fast start path (startup/prespawn.py)
+spawned it before click and asyncio were imported, and `take()` hands it over here.
+"""
 
 from __future__ import annotations
 
@@ -8,23 +13,77 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
-from . import prespawn
-from .config import LoadedConfig, ProcessSpec, find_config, load_config
-from .apiaddr import ApiAddress
-from .errors import ConfigError
-from .host import Host, HostSettings
-from .leftovers import Ledger
-from .logstream import LogStream, LogStreamHandler, want_color
-from .pbbridge import connect as connect_pb_hook
-from .procctl import set_child_subreaper
-from .systemd import Notifier, stdout_is_journal
+from pbhost.config.loader import LoadedConfig, ProcessSpec, find_config, load_config
+from pbhost.errors import ConfigError
+from pbhost.logs.stream import LogStream, LogStreamHandler, want_color
+from pbhost.options import Options, by_name
+from pbhost.orphans.leftovers import Ledger
+from pbhost.pocketbase.bridge import HookLink
+from pbhost.process.host import HEALTH_TIMEOUT, Host, HostSettings
+from pbhost.process.hostview import Companion
+from pbhost.process.procctl import set_child_subreaper
+from pbhost.process.state import HEALTHY_RUN
+from pbhost.production.notify import Notifier, stdout_is_journal
+from pbhost.startup import prespawn
 
 if TYPE_CHECKING:
-    from .api import ApiHandle
-    from .cli import Options
+    from pbhost.control.address import ApiAddress
+    from pbhost.control.api import ApiHandle
 
 log = logging.getLogger("pbhost")
 API_START_WAIT = 1.0  # seconds; the API starts after the sidecars are spawned, or after this
+
+
+def run_serve(opts: Options, serve_args: list[str]) -> int:
+    cwd = Path.cwd()
+    stream = LogStream(1, color=want_color(1, os.environ, opts.color), fmt=opts.log_format,
+                       timestamps=opts.timestamps, syslog_prefix=stdout_is_journal(os.environ))
+    _setup_logging(stream, opts.verbose)  # first: ending a killed run's leftovers is logged
+    taken = prespawn.take(opts, serve_args, cwd)  # spawned before the imports (__main__)
+    start = taken or prespawn.start_pocketbase(opts, serve_args, cwd, os.environ)
+    if taken is not None:
+        log.debug("PocketBase was spawned before click and asyncio were imported")
+    notifier = Notifier.from_env(os.environ)
+    try:
+        return asyncio.run(_serve(opts, serve_args, cwd, stream, start, notifier))
+    finally:
+        prespawn.stop(start)  # a no-op unless the host failed before it stopped PocketBase
+        notifier.close()
+        stream.close(timeout=2.0)
+
+
+async def _serve(opts: Options, serve_args: list[str], cwd: Path, stream: LogStream,
+                 start: prespawn.PbStart, notifier: Notifier) -> int:
+    stream.start(asyncio.get_running_loop())
+    log.log(*start.hook.log_line())
+    _warn_misplaced_options(serve_args)
+    processes = _load_processes(opts, cwd, start.loaded)
+    _become_reaper()
+    settings = HostSettings(
+        pb_binary=start.binary, serve_args=tuple(serve_args), pb=start.pb, cwd=cwd,
+        environ=start.environ, processes=tuple(processes),
+        api_url=start.api.url if start.api else None, api_token=start.token,
+        # Hidden knobs for tests: shorter healthy threshold, shorter health wait.
+        healthy_run=_env_float("PBHOST_HEALTHY_SECONDS", HEALTHY_RUN),
+        health_timeout=_env_float("PBHOST_HEALTH_TIMEOUT", HEALTH_TIMEOUT))
+    companions: list[Companion] = []
+    link = HookLink(start.pb, processes, stream, start.token) if start.hook.wanted else None
+    if link is not None:
+        companions.append(link)
+    if any(spec.dev_mode for spec in processes):
+        from pbhost.dev.reload import DevReload  # no watcher code at all without devMode
+        companions.append(DevReload(cwd))
+    host = Host(settings, stream, notifier=notifier,
+                ledger=Ledger(start.pb.data_dir, start.run_id), companions=companions)
+    api_task = (asyncio.get_running_loop().create_task(_serve_api(host, start.api, start.token))
+                if start.api is not None else None)
+    try:
+        return await host.run(pb_child=start.child)
+    finally:
+        if link is not None:
+            link.close()
+        if api_task is not None:
+            await _close_api(api_task)
 
 
 def _setup_logging(stream: LogStream, verbose: bool) -> None:
@@ -69,7 +128,7 @@ async def _serve_api(host: Host, addr: ApiAddress, token: str) -> ApiHandle | No
         await asyncio.wait_for(host.started.wait(), API_START_WAIT)
     except asyncio.TimeoutError:
         pass
-    from .api import start_api
+    from pbhost.control.api import start_api
     return await start_api(host, addr, token, os.environ)
 
 
@@ -83,60 +142,12 @@ async def _close_api(task: asyncio.Task[ApiHandle | None]) -> None:
         await handle.close()
 
 
-def run_serve(opts: Options, serve_args: list[str]) -> int:
-    cwd = Path.cwd()
-    stream = LogStream(1, color=want_color(1, os.environ, opts.color), fmt=opts.log_format,
-                       timestamps=opts.timestamps, syslog_prefix=stdout_is_journal(os.environ))
-    _setup_logging(stream, opts.verbose)  # first: ending a killed run's leftovers is logged
-    early = prespawn.EarlyOptions(opts.config, opts.pocketbase, opts.strict, opts.api,
-                                  opts.pb_hooks)
-    taken = prespawn.take(early, serve_args, cwd)  # spawned before the imports (__main__)
-    start = taken or prespawn.start_pocketbase(early, serve_args, cwd, os.environ)
-    if taken is not None:
-        log.debug("PocketBase was spawned before click and asyncio were imported")
-    notifier = Notifier.from_env(os.environ)
-    settings = HostSettings(
-        pb_binary=start.binary, serve_args=serve_args, pb=start.pb, cwd=cwd,
-        processes=(), environ=start.environ,
-        api_url=start.api.url if start.api else None, api_token=start.token,
-        # Hidden knobs for tests: shorter healthy threshold, shorter health wait.
-        healthy_run=_env_float("PBHOST_HEALTHY_SECONDS", 10.0),
-        health_timeout=_env_float("PBHOST_HEALTH_TIMEOUT", 60.0))
-
-    async def main() -> int:
-        stream.start(asyncio.get_running_loop())
-        log.log(*start.hook.log_line())
-        _warn_misplaced_options(serve_args)
-        settings.processes = _load_processes(opts, cwd, start.loaded)
-        _become_reaper()
-        host = Host(settings, stream, notifier=notifier,
-                    ledger=Ledger(settings.pb.data_dir, start.run_id))
-        bridge = connect_pb_hook(host, stream, start.hook, start.token)
-        loop = asyncio.get_running_loop()
-        api_task = (loop.create_task(_serve_api(host, start.api, start.token))
-                    if start.api is not None else None)
-        try:
-            return await host.run(pb_child=start.child)
-        finally:
-            if bridge is not None:
-                bridge.close()
-            if api_task is not None:
-                await _close_api(api_task)
-
-    try:
-        return asyncio.run(main())
-    finally:
-        prespawn.stop(start)  # a no-op unless the host failed before it stopped PocketBase
-        notifier.close()
-        stream.close(timeout=2.0)
-
-
 def _warn_misplaced_options(serve_args: Sequence[str]) -> None:
     """`pbhost serve --no-color` hands --no-color to PocketBase, which refuses it: say why."""
+    names = by_name()
     for arg in serve_args:
         name = arg.split("=", 1)[0]
-        if name.startswith("--") and (name in prespawn.VALUE_OPTIONS
-                                      or name in prespawn.FLAG_OPTIONS):
+        if name.startswith("--") and name in names:
             log.warning("%s comes after `serve`, so it goes to PocketBase; pbhost's own options "
                         "go before `serve`: pbhost %s serve ...", arg, arg)
 

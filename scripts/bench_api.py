@@ -31,7 +31,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pbhost.procstat import scan_groups  # noqa: E402
+from pbhost.control.stats import scan_groups  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "scripts"))
 from benchkit import free_port  # noqa: E402

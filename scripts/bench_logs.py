@@ -32,7 +32,7 @@ from typing import Callable
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pbhost.logstream import LogStream  # noqa: E402
+from pbhost.logs.stream import LogStream  # noqa: E402
 
 PY = sys.executable
 WRITER = """

@@ -27,10 +27,10 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from bench_logs import _drive, flood_cmd  # noqa: E402
 from conftest import Project, http_json  # noqa: E402
-from pbhost.logstream import LogStream  # noqa: E402
-from pbhost.pbbridge import LogBridge  # noqa: E402
-from pbhost.pbhooks import install_hook  # noqa: E402
-from pbhost.pocketbase import describe, find_binary  # noqa: E402
+from pbhost.logs.stream import LogStream  # noqa: E402
+from pbhost.pocketbase.bridge import LogBridge  # noqa: E402
+from pbhost.pocketbase.hookfile import install_hook  # noqa: E402
+from pbhost.pocketbase.binary import describe, find_binary  # noqa: E402
 
 
 def per_call_us(fn, n: int) -> float:

@@ -26,10 +26,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 # Load what a running pbhost has loaded: the cost of fork() grows with the process.
-import pbhost.host  # noqa: F401,E402
-from pbhost import procctl, proctable, spawn as spawn_mod  # noqa: E402
-from pbhost.leftovers import Ledger  # noqa: E402
-from pbhost.sweep import Sweeper  # noqa: E402
+import pbhost.process.host  # noqa: F401,E402
+from pbhost.orphans import proctable  # noqa: E402
+from pbhost.process import procctl, spawn as spawn_mod  # noqa: E402
+from pbhost.orphans.leftovers import Ledger  # noqa: E402
+from pbhost.orphans.sweep import Sweeper  # noqa: E402
 
 
 def figures(samples: list[float]) -> str:

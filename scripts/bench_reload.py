@@ -44,7 +44,7 @@ while True:
 WATCHER_ONLY = """\
 import asyncio, logging, sys, time
 from pathlib import Path
-from pbhost.watcher import Watcher
+from pbhost.dev.watcher import Watcher
 
 def changed(path):
     print(f"changed {time.monotonic():.6f} {path}", flush=True)

@@ -18,7 +18,7 @@ from typing import Any, Iterator
 import pytest
 
 from conftest import PbhostRun, Project, free_port, http_json, pid_alive, wait_for
-from pbhost.pocketbase import find_binary
+from pbhost.pocketbase.binary import find_binary
 
 PY = sys.executable
 EMAIL, PASSWORD = "a@b.co", "password123"

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from pbhost.config import LoadedConfig, ProcessSpec, find_config, load_config, parse_duration
+from pbhost.config.loader import LoadedConfig, ProcessSpec, find_config, load_config, parse_duration
 from pbhost.errors import ConfigError
 
 from conftest import pbhost_env

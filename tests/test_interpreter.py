@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from pbhost.config import ProcessSpec
-from pbhost.interpreter import DIRECT, LaunchPlan, find_venv, plan_launch, sidecar_env
+from pbhost.config.loader import ProcessSpec
+from pbhost.process.launch import DIRECT, LaunchPlan, find_venv, plan_launch, sidecar_env
 
 
 @dataclass(frozen=True)

@@ -22,9 +22,9 @@ from typing import Any, Awaitable, Callable, Iterator
 import pytest
 
 from pbhost.errors import UnknownProcess
-from pbhost.lineparse import MARKER, MAX_LINE, LineSplitter
-from pbhost.logformat import id_color
-from pbhost.logstream import LogRecord, LogStream, LogStreamHandler, want_color
+from pbhost.logs.lines import MARKER, MAX_LINE, LineSplitter
+from pbhost.logs.render import id_color
+from pbhost.logs.stream import LogRecord, LogStream, LogStreamHandler, want_color
 
 PY = sys.executable
 
@@ -379,7 +379,7 @@ def test_want_color(tty_and_pipe: tuple[int, int]) -> None:
 
 
 def test_colour_per_id_is_stable_across_runs() -> None:
-    code = "from pbhost.logformat import id_color; print(id_color('ai-agent'), id_color('pocketbase'))"
+    code = "from pbhost.logs.render import id_color; print(id_color('ai-agent'), id_color('pocketbase'))"
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
     outs = {subprocess.run([PY, "-c", code], env=dict(env, PYTHONHASHSEED=seed),
                            capture_output=True, text=True, check=True).stdout

@@ -22,9 +22,9 @@ import inotify_simple
 import pytest
 
 from conftest import PbhostRun, Project, http_json, pid_alive, wait_for
-from pbhost.pbhooks import (CURRENT, DISABLED, FAILED, FOREIGN, HOOK_NAME, INSTALLED, UPDATED,
+from pbhost.pocketbase.hookfile import (CURRENT, DISABLED, FAILED, FOREIGN, HOOK_NAME, INSTALLED, UPDATED,
                             hook_source, install_hook, revision)
-from pbhost.pocketbase import find_binary
+from pbhost.pocketbase.binary import find_binary
 
 PY = sys.executable
 EMAIL, PASSWORD = "root@example.com", "password123"

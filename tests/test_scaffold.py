@@ -15,12 +15,12 @@ from typing import Iterator
 import pytest
 from conftest import ROOT, free_port, http_json, pbhost_env, wait_for
 
-from pbhost.config import load_config
+from pbhost.config.loader import load_config
 from pbhost.errors import PbhostError
-from pbhost.interpreter import plan_launch, sidecar_env
-from pbhost.scaffold import SAMPLE_CONFIG, init_project, sample_agent_text
+from pbhost.process.launch import plan_launch, sidecar_env
+from pbhost.cli.scaffold import SAMPLE_CONFIG, init_project, sample_agent_text
 
-TEMPLATE = ROOT / "pbhost" / "templates" / "agent_main.py"
+TEMPLATE = ROOT / "pbhost" / "cli" / "templates" / "agent_main.py"
 
 
 def test_init_writes_a_config_that_loads(tmp_path: Path) -> None:

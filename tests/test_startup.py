@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from conftest import Project, free_port, pbhost_env, pid_alive, wait_for
-from pbhost import prespawn
-from pbhost.cli import cli
+from pbhost.startup import prespawn
+from pbhost.cli.commands import cli
+from pbhost.options import OPTIONS, Options, by_name
 
 # Stands in for the pocketbase binary where a test must know its pid at once: it records its
 # pid, starts a child in its group, and waits (exec keeps the pid) until signalled.
@@ -208,12 +209,22 @@ def test_early_option_table_matches_the_click_options() -> None:
             continue  # eager and exits: the fast path must not know it
         for name in [*param.opts, *getattr(param, "secondary_opts", [])]:
             declared[name] = bool(getattr(param, "is_flag", False))
-    known = {**{n: False for n in prespawn.VALUE_OPTIONS}, **{n: True for n in prespawn.FLAG_OPTIONS}}
+    known = {name: opt.flag for name, (opt, _) in by_name().items()}
     assert known == declared
 
 
+def test_options_value_class_has_a_field_per_declared_option() -> None:
+    """Options.__init__ spells out each field with its type: it must agree with the table."""
+    import inspect
+    params = inspect.signature(Options.__init__).parameters
+    assert set(params) - {"self"} == {opt.field for opt in OPTIONS} == set(Options.__slots__)
+    assert {name: p.default for name, p in params.items() if name != "self"} == \
+        {opt.field: opt.default for opt in OPTIONS}
+    assert Options() == Options(**{opt.field: opt.default for opt in OPTIONS})  # type: ignore[arg-type]
+
+
 def test_early_pocketbase_gets_the_runs_environment(project: Project) -> None:
-    """Spawned before systemd.py and leftovers.py are loaded, PocketBase still carries the run
+    """Spawned before notify.py and leftovers.py are loaded, PocketBase still carries the run
     id the next run looks for, and not pbhost's own NOTIFY_SOCKET."""
     project.write("env.py", """
         import os, threading, time

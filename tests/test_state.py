@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pbhost.state import (ALLOWED, BACKOFF_CAP, ProcessState, backoff_delay, can_move,
+from pbhost.process.state import (ALLOWED, BACKOFF_CAP, ProcessState, backoff_delay, can_move,
                           gives_up)
 
 

@@ -16,7 +16,7 @@ from typing import Any, Awaitable, Callable, Sequence
 
 import pytest
 
-from pbhost.watcher import IgnoreFilter, Watcher
+from pbhost.dev.watcher import IgnoreFilter, Watcher
 
 DEBOUNCE = 0.2
 QUIET = DEBOUNCE + 0.5  # past the window plus a margin for a busy machine

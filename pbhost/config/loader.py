@@ -1,0 +1,287 @@
+"""pb_processes.json / .yaml / .yml -> frozen ProcessSpecs, validated once.
+
+Every problem in the file is collected first and reported together in one ConfigError, so a
+user fixes the whole file in one round instead of one error per run. Each message names the
+process (by id, or `#n` when it has no usable id) and the key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Mapping
+
+from pbhost.config.keys import FIELDS, Context, FieldContext, Invalid, describe, parse_duration
+from pbhost.errors import ConfigError
+from pbhost.process.ending import STOP_TIMEOUT
+
+__all__ = ["CONFIG_NAMES", "LoadedConfig", "ProcessSpec", "find_config", "load_config",
+           "parse_duration"]
+
+CONFIG_NAMES = ("pb_processes.json", "pb_processes.yaml", "pb_processes.yml")
+DEFAULT_BACKOFF = 1.0
+DEFAULT_DEBOUNCE = 0.5
+DEFAULT_STOP_TIMEOUT = STOP_TIMEOUT
+
+
+@dataclass(frozen=True)
+class ProcessSpec:
+    """One sidecar as configured. Paths are absolute; durations are seconds."""
+
+    id: str
+    script: Path | None            # absolute (relative to the config file's folder)
+    command: str | None            # as written; a relative path containing "/" is made absolute
+    args: tuple[str, ...]
+    cwd: Path                      # absolute; default: the config file's folder
+    # A read-only view: specs are shared by the host, the API and the watcher.
+    env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), hash=False)
+    interpreter: str = "auto"      # "auto" or a name / path (a path relative to cwd)
+    max_retries: int | None = None  # None = unlimited
+    backoff: float = DEFAULT_BACKOFF
+    dev_mode: bool = False
+    watch_paths: tuple[Path, ...] = ()  # empty means (cwd,), filled in below
+    watch_ignore: tuple[str, ...] = ()
+    debounce: float = DEFAULT_DEBOUNCE
+    stop_timeout: float = DEFAULT_STOP_TIMEOUT
+    autostart: bool = True
+    pb_logs: str = "stderr"
+
+    def __post_init__(self) -> None:
+        # The default watch set depends on cwd, which a field default cannot express.
+        if not self.watch_paths:
+            object.__setattr__(self, "watch_paths", (self.cwd,))
+        if not isinstance(self.env, MappingProxyType):
+            object.__setattr__(self, "env", MappingProxyType(dict(self.env)))
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    path: Path | None              # None: no config file, PocketBase alone
+    processes: tuple[ProcessSpec, ...]
+    warnings: tuple[str, ...] = ()  # worth showing, not worth refusing to start
+
+
+# ---------------------------------------------------------------------------------------------
+# Public helpers
+
+
+def find_config(explicit: str | None, cwd: Path) -> Path | None:
+    """The config to use: the explicit one (which must exist), else the first default name."""
+    if explicit:
+        path = Path(os.path.abspath(cwd / Path(explicit).expanduser()))
+        if path.is_dir():
+            found = _first_config_in(path)
+            if found is None:
+                raise ConfigError(str(path), [f"no {'/'.join(CONFIG_NAMES)} in this folder"])
+            return found
+        if not path.exists():
+            raise ConfigError(str(path), ["not found"])
+        return path
+    return _first_config_in(Path(os.path.abspath(cwd)))
+
+
+def _first_config_in(folder: Path) -> Path | None:
+    for name in CONFIG_NAMES:
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def load_config(path: Path, environ: Mapping[str, str]) -> LoadedConfig:
+    """Read and validate the whole file; raise one ConfigError listing every problem."""
+    path = Path(os.path.abspath(path))
+    data = _read_document(path)
+    ctx = Context(base=path.parent, environ=environ)
+    specs = _parse_top_level(data, ctx)
+    if ctx.problems:
+        raise ConfigError(str(path), ctx.problems)
+    return LoadedConfig(path, tuple(specs), tuple(ctx.warnings))
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading the document
+
+
+def _read_document(path: Path) -> Any:
+    try:
+        # utf-8-sig: Windows editors (Notepad) start the file with a BOM, which JSON refuses.
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise ConfigError(str(path), ["not found"]) from None
+    except UnicodeDecodeError as exc:
+        line = exc.object[:exc.start].count(b"\n") + 1
+        raise ConfigError(str(path), [f"not UTF-8 text (line {line})"]) from None
+    except OSError as exc:
+        raise ConfigError(str(path), [f"cannot read: {exc.strerror}"]) from None
+    if not text.strip():
+        # json's own "Expecting value: line 1 column 1" would not tell the user what to write.
+        raise ConfigError(str(path), ["the file is empty (write [] for no sidecars)"])
+    if path.suffix in (".yaml", ".yml"):
+        return _parse_yaml(path, text)
+    return _parse_json(path, text)
+
+
+TOO_DEEP = "nested too deeply to be a process list (brackets that never close?)"
+
+
+class _JsonObject(dict):  # type: ignore[type-arg]
+    """A JSON object that remembers keys it saw twice (json.loads keeps the last silently)."""
+
+    duplicates: tuple[str, ...] = ()
+
+
+def _json_object(pairs: list[tuple[str, Any]]) -> _JsonObject:
+    obj = _JsonObject(pairs)
+    if len(obj) < len(pairs):
+        counts = Counter(key for key, _ in pairs)
+        obj.duplicates = tuple(key for key, n in counts.items() if n > 1)
+    return obj
+
+
+def _parse_json(path: Path, text: str) -> Any:
+    try:
+        return json.loads(text, object_pairs_hook=_json_object)
+    except json.JSONDecodeError as exc:
+        problem = f"JSON syntax error at line {exc.lineno}, column {exc.colno}: {exc.msg}"
+        raise ConfigError(str(path), [problem]) from None
+    except RecursionError:
+        raise ConfigError(str(path), [TOO_DEEP]) from None
+
+
+def _parse_yaml(path: Path, text: str) -> Any:
+    import yaml  # only YAML users pay for importing it: startup time matters
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        detail = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(str(path), [f"YAML syntax error{where}: {detail}"]) from None
+    except RecursionError:
+        raise ConfigError(str(path), [TOO_DEEP]) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Validating
+
+
+def _parse_top_level(data: Any, ctx: Context) -> list[ProcessSpec]:
+    if not isinstance(data, list):
+        ctx.problems.append(
+            f"the top level must be an array of process objects, got {describe(data)}")
+        return []
+    specs: list[ProcessSpec] = []
+    first_index: dict[str, int] = {}
+    for index, raw in enumerate(data, start=1):
+        _check_unique_id(index, raw, first_index, ctx)
+        spec = _parse_entry(index, raw, ctx)
+        if spec is not None:
+            specs.append(spec)
+    return specs
+
+
+def _check_unique_id(index: int, raw: Any, first_index: dict[str, int], ctx: Context) -> None:
+    # On the raw id, so that a duplicate is reported even when either entry has other problems.
+    proc_id = raw.get("id") if isinstance(raw, dict) else None
+    if not isinstance(proc_id, str):
+        return
+    if proc_id in first_index:
+        ctx.problems.append(f'process #{index}: id "{proc_id}" is already used by '
+                            f"process #{first_index[proc_id]}")
+    else:
+        first_index[proc_id] = index
+
+
+def _label(index: int, raw: Mapping[Any, Any]) -> str:
+    proc_id = raw.get("id")
+    if isinstance(proc_id, str) and proc_id:
+        return f'process "{proc_id}"'
+    return f"process #{index}"
+
+
+def _parse_entry(index: int, raw: Any, ctx: Context) -> ProcessSpec | None:
+    if not isinstance(raw, dict):
+        ctx.problems.append(f"process #{index} must be an object, got {describe(raw)}")
+        return None
+    label = _label(index, raw)
+    before = len(ctx.problems)
+    _check_keys(label, raw, ctx)
+    values: dict[str, Any] = {}
+    for key, parse in FIELDS.items():
+        if key not in raw:
+            continue
+        try:
+            values[key] = parse(raw[key], FieldContext(ctx, label))
+        except Invalid as exc:
+            ctx.problems.append(f'{label}: "{key}" {exc}')
+    _check_combinations(label, raw, values, ctx)
+    if len(ctx.problems) > before:
+        return None
+    return _build_spec(values, ctx)
+
+
+def _check_keys(label: str, raw: Mapping[Any, Any], ctx: Context) -> None:
+    for key in getattr(raw, "duplicates", ()):
+        ctx.problems.append(f'{label}: key "{key}" appears twice')
+    for key in raw:
+        if key not in FIELDS:
+            ctx.problems.append(f'{label}: unknown key "{key}"{_suggest(str(key))}')
+
+
+def _suggest(key: str) -> str:
+    """` (did you mean "devMode"?)` for a misspelt key, else ""."""
+    # Case and separators first: "devmode", "dev_mode" and "max-retries" are the usual slips.
+    folded = {_fold(known): known for known in FIELDS}
+    match = folded.get(_fold(key))
+    if match is None:
+        import difflib  # only a misspelt key pays for it
+
+        close = difflib.get_close_matches(key, list(FIELDS), n=1, cutoff=0.7)
+        match = close[0] if close else None
+    return f' (did you mean "{match}"?)' if match else ""
+
+
+def _fold(key: str) -> str:
+    return key.replace("_", "").replace("-", "").lower()
+
+
+def _check_combinations(label: str, raw: Mapping[Any, Any], values: Mapping[str, Any],
+                    ctx: Context) -> None:
+    if "id" not in raw:
+        ctx.problems.append(f'{label}: "id" is required')
+    if "script" in raw and "command" in raw:
+        ctx.problems.append(f'{label}: set "script" or "command", not both')
+    elif "script" not in raw and "command" not in raw:
+        ctx.problems.append(f'{label}: "script" or "command" is required')
+    if "command" in values and values.get("interpreter", "auto") != "auto":
+        ctx.problems.append(f'{label}: "interpreter" applies to "script" only; '
+                            f'a "command" runs as written')
+
+
+def _build_spec(values: Mapping[str, Any], ctx: Context) -> ProcessSpec:
+    cwd = values.get("cwd", ctx.base)
+    return ProcessSpec(
+        id=values["id"],
+        script=values.get("script"),
+        command=values.get("command"),
+        args=values.get("args", ()),
+        cwd=cwd,
+        env=values.get("env", {}),
+        interpreter=values.get("interpreter", "auto"),
+        max_retries=values.get("maxRetries"),
+        backoff=values.get("backoff", DEFAULT_BACKOFF),
+        dev_mode=values.get("devMode", False),
+        watch_paths=values.get("watchPaths", (cwd,)),
+        watch_ignore=values.get("watchIgnore", ()),
+        debounce=values.get("debounce", DEFAULT_DEBOUNCE),
+        stop_timeout=values.get("stopTimeout", DEFAULT_STOP_TIMEOUT),
+        autostart=values.get("autostart", True),
+        pb_logs=values.get("pbLogs", "stderr"),
+    )
+
+

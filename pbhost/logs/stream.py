@@ -1,0 +1,329 @@
+"""Every child's pipes → one prefixed, coloured stream on pbhost's stdout.
+
+`[ai-agent][STDOUT] Hello`, `[ai-agent][STDERR] ...`, `[pbhost] ...`. The fast path never
+touches a line on its own: a pipe is read in 256 KiB chunks from an `add_reader` callback,
+the whole lines of a chunk are prefixed with one `bytes.replace`, and the result is queued
+as one piece on a non-blocking, bounded `BacklogWriter`. A `logging` call per line would be
+about 40x slower. pbhost's own messages come through `LogStreamHandler` → `system()` and
+share the same queue, so nothing interleaves mid-line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable
+
+from pbhost.errors import UnknownProcess
+from pbhost.logs.lines import LineSplitter, clean, strip_escapes
+from pbhost.logs.render import LEVELS, SYSTEM_ID, Renderer, syslog_priority, want_color
+from pbhost.logs.sink import BacklogWriter
+
+__all__ = ["LogRecord", "LogStream", "LogStreamHandler", "syslog_priority", "want_color"]
+
+CHUNK = 256 * 1024
+REDRAW_INTERVAL = 1.0     # at most one in-flight progress-bar redraw per second per pipe
+RING_BYTES = 1 << 20      # a ring also stops at 1 MiB, so 1,000 huge lines cannot eat RAM
+
+
+@dataclass(frozen=True)
+class LogRecord:
+    ts: float     # epoch seconds when pbhost read the line
+    id: str
+    stream: str   # "stdout" | "stderr" | "system"
+    text: str
+
+
+class _Ring:
+    """Last `size` lines of one process, kept as the raw blocks they arrived in."""
+
+    __slots__ = ("blocks", "lines", "nbytes", "size")
+
+    def __init__(self, size: int) -> None:
+        self.blocks: deque[tuple[float, str, bytes, int]] = deque()
+        self.lines = self.nbytes = 0
+        self.size = size
+
+    def add(self, ts: float, stream: str, block: bytes) -> None:
+        n = block.count(b"\n")
+        self.blocks.append((ts, stream, block, n))
+        self.lines += n
+        self.nbytes += len(block)
+        while len(self.blocks) > 1 and (self.lines - self.blocks[0][3] >= self.size
+                                        or self.nbytes > RING_BYTES):
+            _, _, old, k = self.blocks.popleft()
+            self.lines -= k
+            self.nbytes -= len(old)
+
+    def tail(self, proc_id: str, n: int) -> list[LogRecord]:
+        out: list[LogRecord] = []
+        if n <= 0:
+            return out
+        for ts, stream, block, _ in reversed(self.blocks):
+            lines = _records(proc_id, stream, ts, block)
+            out[:0] = lines[-(n - len(out)):]
+            if len(out) >= n:
+                break
+        return out[-min(n, self.size):]
+
+
+def _records(proc_id: str, stream: str, ts: float, block: bytes) -> list[LogRecord]:
+    text = strip_escapes(block, keep_sgr=False).decode("utf-8", "replace")
+    return [LogRecord(ts, proc_id, stream, line) for line in text.split("\n")[:-1]]
+
+
+def _first_lines(block: bytes, k: int) -> bytes:
+    """The first `k` whole lines of a block of whole lines."""
+    return b"\n".join(block.split(b"\n", k)[:k]) + b"\n"
+
+
+# How many of the next n lines of (id, stream) a subscriber takes.
+Wants = Callable[[str, str, int], int]
+
+
+class _Sub:
+    """A subscriber: its callback and, optionally, how many lines of a chunk it takes."""
+
+    __slots__ = ("fn", "wants")
+
+    def __init__(self, fn: Callable[[LogRecord], None], wants: Wants | None) -> None:
+        self.fn = fn
+        self.wants = wants
+
+
+class _Reader:
+    """One attached pipe: its partial line, its prefix and its progress-bar throttle."""
+
+    __slots__ = ("fd", "id", "stream", "split", "prefix", "last_redraw", "pending", "timer")
+
+    def __init__(self, fd: int, proc_id: str, stream: str, prefix: bytes) -> None:
+        self.fd = fd
+        self.id = proc_id
+        self.stream = stream
+        self.split = LineSplitter()
+        self.prefix = prefix
+        self.last_redraw = float("-inf")
+        self.pending: bytes | None = None
+        self.timer: asyncio.TimerHandle | None = None
+
+
+class LogStream:
+    """The one output stream; see docs/architecture.md for how the host drives it."""
+
+    def __init__(self, out_fd: int = 1, *, color: bool = False, fmt: str = "text",
+                 timestamps: bool = False, ring_size: int = 1000,
+                 backlog_bytes: int = 4 << 20, syslog_prefix: bool = False) -> None:
+        # syslog_prefix: stdout is the journal; each line starts with its <priority>.
+        self._render = Renderer(color, fmt, timestamps, syslog_prefix)
+        self._ring_size = ring_size
+        self._out = BacklogWriter(out_fd, backlog_bytes, self._drop_notice)
+        self._rings: dict[str, _Ring] = {}
+        self._prefixes: dict[tuple[str, str], bytes] = {}
+        self._readers: dict[int, _Reader] = {}
+        self._subs: list[_Sub] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.register(SYSTEM_ID)
+
+    @property
+    def dropped_total(self) -> int:
+        return self._out.dropped_total
+
+    @property
+    def dropped(self) -> dict[str, int]:
+        """Lines dropped per process id because pbhost's output could not keep up."""
+        return dict(self._out.dropped)
+
+    @property
+    def open_pipes(self) -> int:
+        """Child pipes attached and not yet at EOF."""
+        return len(self._readers)
+
+    @property
+    def backlog(self) -> int:
+        """Bytes waiting for pbhost's output fd (bounded by backlog_bytes + one line)."""
+        return self._out.backlog
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._out.start(loop)
+
+    def register(self, proc_id: str) -> None:
+        if proc_id in self._rings:
+            return
+        self._rings[proc_id] = _Ring(self._ring_size)
+        for stream in ("stdout", "stderr"):
+            self._prefixes[proc_id, stream] = self._render.prefix(proc_id, stream)
+
+    def attach(self, proc_id: str, stream: str, fd: int) -> None:
+        """Own the read end `fd` of a child's pipe until EOF (then it is closed here)."""
+        if self._loop is None:
+            raise RuntimeError("LogStream.attach() before start()")
+        if stream not in LEVELS:
+            raise ValueError(f"stream must be 'stdout' or 'stderr', not {stream!r}")
+        self.register(proc_id)
+        os.set_blocking(fd, False)
+        reader = _Reader(fd, proc_id, stream, self._prefixes[proc_id, stream])
+        self._readers[fd] = reader
+        self._loop.add_reader(fd, self._on_readable, reader)
+
+    def system(self, levelno: int, text: str) -> None:
+        """A `[pbhost] ...` line (several if `text` has newlines), in order with the rest."""
+        ts = time.time()
+        block = self._system_block(text)
+        self._rings[SYSTEM_ID].add(ts, "system", block)
+        self._publish(SYSTEM_ID, "system", ts, block)
+        self._out.put(SYSTEM_ID, self._render.system(levelno, block, ts))
+
+    def tail(self, proc_id: str, n: int) -> list[LogRecord]:
+        ring = self._rings.get(proc_id)
+        if ring is None:
+            raise UnknownProcess(proc_id)
+        return ring.tail(proc_id, n)
+
+    def subscribe(self, fn: Callable[[LogRecord], None],
+                  wants: Wants | None = None) -> Callable[[], None]:
+        """Call `fn` for every line from now on; returns the function that stops it.
+
+        With `wants(id, stream, n)`, asked once per chunk of n whole lines, `fn` gets only the
+        first lines of the chunk, as many as it answers (0: none). Lines nobody takes are never
+        split into records, which keeps a flood cheap for a rate-limited subscriber."""
+        sub = _Sub(fn, wants)
+        self._subs.append(sub)
+
+        def unsubscribe() -> None:
+            if sub in self._subs:
+                self._subs.remove(sub)
+        return unsubscribe
+
+    def close(self, timeout: float) -> None:
+        """Take what the pipes still hold, write everything out (at most `timeout`), restore
+        the output fd's flags. Lines logged after this are written synchronously."""
+        deadline = time.monotonic() + timeout
+        # The loop may be closed already (the host calls this after asyncio.run): stop using it.
+        loop, self._loop = self._loop, None
+        self._out.detach()
+        for reader in list(self._readers.values()):
+            if loop is not None:
+                loop.remove_reader(reader.fd)
+            self._drain(reader, deadline)
+        self._out.close(max(0.0, deadline - time.monotonic()))
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def _on_readable(self, reader: _Reader) -> None:
+        self._read_once(reader)
+
+    def _read_once(self, reader: _Reader) -> bool:
+        """One chunk from the pipe; False when it had nothing (would block) or ended."""
+        try:
+            chunk = os.read(reader.fd, CHUNK)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:  # EIO and friends: treat as end of stream
+            chunk = b""
+        if not chunk:
+            self._detach(reader)
+            return False
+        block, redraw = reader.split.feed(chunk)
+        if block:
+            reader.pending = None  # a finished line supersedes any throttled redraw
+            self._emit(reader, block)
+        if redraw is not None:
+            self._redraw(reader, redraw)
+        return True
+
+    def _drain(self, reader: _Reader, deadline: float) -> None:
+        """At close: take what is already in the pipe (until the deadline), then detach."""
+        while time.monotonic() < deadline and self._read_once(reader):
+            pass
+        if reader.fd in self._readers:
+            self._detach(reader)
+
+    def _detach(self, reader: _Reader) -> None:
+        """EOF: flush the partial last line, stop watching and close the fd."""
+        del self._readers[reader.fd]
+        if self._loop is not None:
+            self._loop.remove_reader(reader.fd)
+        if reader.timer is not None:
+            reader.timer.cancel()
+        os.close(reader.fd)
+        last = reader.split.finish()
+        if last:
+            self._emit(reader, last)
+
+    def _redraw(self, reader: _Reader, line: bytes) -> None:
+        """A progress bar redraw: show it at most once per REDRAW_INTERVAL, the latest wins."""
+        wait = reader.last_redraw + REDRAW_INTERVAL - time.monotonic()
+        if wait <= 0:
+            reader.last_redraw = time.monotonic()
+            reader.pending = None
+            self._emit(reader, line + b"\n")
+            return
+        reader.pending = line
+        if reader.timer is None and self._loop is not None:
+            reader.timer = self._loop.call_later(wait, self._redraw_due, reader)
+
+    def _redraw_due(self, reader: _Reader) -> None:
+        reader.timer = None
+        line, reader.pending = reader.pending, None
+        if line is not None and reader.fd in self._readers:
+            self._redraw(reader, line)
+
+    # -- output -----------------------------------------------------------------------------
+
+    def _emit(self, reader: _Reader, block: bytes) -> None:
+        """Whole lines of one pipe → ring, subscribers, output queue."""
+        ts = time.time()
+        block = clean(block, keep_sgr=self._render.color)
+        self._rings[reader.id].add(ts, reader.stream, block)
+        if self._subs:
+            self._publish(reader.id, reader.stream, ts, block)
+        self._out.put(reader.id, self._render.child(reader.id, reader.stream, reader.prefix,
+                                                    block, ts))
+
+    def _system_block(self, text: str) -> bytes:
+        raw = ("\n".join(text.splitlines()) + "\n").encode("utf-8", "replace")
+        return clean(raw, keep_sgr=False)
+
+    def _drop_notice(self, counts: dict[str, int]) -> bytes:
+        text = "\n".join(f"dropped {n} lines from {pid}" for pid, n in counts.items())
+        ts = time.time()
+        block = self._system_block(text)
+        self._rings[SYSTEM_ID].add(ts, "system", block)
+        return self._render.system(logging.WARNING, block, ts)
+
+    def _publish(self, proc_id: str, stream: str, ts: float, block: bytes) -> None:
+        n = block.count(b"\n")
+        takes = [(sub, n if sub.wants is None else min(n, sub.wants(proc_id, stream, n)))
+                 for sub in list(self._subs)]
+        most = max((k for _, k in takes), default=0)
+        if most <= 0:
+            return
+        records = _records(proc_id, stream, ts, block if most >= n else _first_lines(block, most))
+        for sub, k in takes:
+            for rec in records[:k]:
+                if sub not in self._subs:
+                    break  # removed meanwhile
+                try:
+                    sub.fn(rec)
+                except Exception:  # a broken follower must not break the stream
+                    self._subs.remove(sub)
+
+
+class LogStreamHandler(logging.Handler):
+    """Routes pbhost's own `logging` records into `LogStream.system()`."""
+
+    def __init__(self, stream: LogStream, level: int = logging.NOTSET) -> None:
+        super().__init__(level)
+        self.stream = stream
+        self.setFormatter(logging.Formatter("%(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.stream.system(record.levelno, self.format(record))
+        except Exception:
+            self.handleError(record)

@@ -1,0 +1,256 @@
+"""The ordered set of supervisors: PocketBase first, sidecars once it is healthy; shutdown in
+reverse (sidecars in parallel, PocketBase last); the exit code.
+
+What else must happen at those moments (dev-mode watchers, the PocketBase hook's log bridge)
+plugs in as a `Companion` (hostview.py), given to the Host when it is made; the host knows no
+more of them, and they see the host only as a `HostView`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Mapping, Sequence
+
+from pbhost.errors import UnknownProcess
+from pbhost.orphans.sweep import Sweeper
+from pbhost.pocketbase.binary import PB_ID, PocketBaseInfo, pocketbase_env
+from pbhost.pocketbase.localhttp import request_status
+from pbhost.process.ending import STOP_TIMEOUT
+from pbhost.process.hostview import Companion
+from pbhost.process.launch import plan_launch, sidecar_env
+from pbhost.process.reaper import Reaper
+from pbhost.process.runtime import SystemRuntime
+from pbhost.process.spawn import Child
+from pbhost.process.state import COMING_UP, HEALTHY_RUN, ProcessState
+from pbhost.process.supervisor import Launch, Policy, Supervisor
+from pbhost.production.notify import Notifier, status_line
+
+if TYPE_CHECKING:
+    from pbhost.config.loader import ProcessSpec
+    from pbhost.logs.stream import LogStream
+    from pbhost.orphans.leftovers import Ledger
+
+log = logging.getLogger("pbhost")
+
+EXIT_OK = 0
+EXIT_PB_GAVE_UP = 1
+EXIT_FORCED = 130           # second Ctrl-C: everything killed at once
+PB_MAX_RETRIES = 3          # quick failures before pbhost gives up on PocketBase
+HEALTH_POLL = 0.02          # seconds between /api/health probes while PocketBase starts
+HEALTH_TIMEOUT = 60.0       # seconds to wait for PocketBase's first health 200
+SHUTDOWN_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
+
+
+@dataclass(frozen=True)
+class HostSettings:
+    pb_binary: str
+    serve_args: Sequence[str]
+    pb: PocketBaseInfo
+    cwd: Path
+    environ: Mapping[str, str]          # what every child starts from (the run's environment)
+    processes: Sequence[ProcessSpec] = ()
+    healthy_run: float = HEALTHY_RUN
+    health_timeout: float = HEALTH_TIMEOUT
+    # The control API, known before PocketBase is spawned so that PocketBase (and a JS hook
+    # forwarding /api/pm/* to pbhost) gets them as PBHOST_API_URL / PBHOST_API_TOKEN_INTERNAL.
+    api_url: str | None = None
+    api_token: str | None = None
+
+
+class Host:
+    def __init__(self, settings: HostSettings, stream: LogStream, *,
+                 notifier: Notifier | None = None, ledger: Ledger | None = None,
+                 companions: Sequence[Companion] = ()) -> None:
+        self.settings = settings
+        self.stream = stream
+        self.notifier = notifier or Notifier(None)
+        self.ledger = ledger  # state.json: what a killed pbhost leaves for the next run to end
+        self.companions = tuple(companions)
+        self.reaper = Reaper()
+        self.runtime = SystemRuntime(self.reaper, stream)
+        self.specs = {spec.id: spec for spec in settings.processes}
+        self.pocketbase = Supervisor(
+            PB_ID, self._pb_launch,
+            Policy(max_retries=PB_MAX_RETRIES, stop_timeout=STOP_TIMEOUT,
+                   healthy_run=settings.healthy_run, needs_ready=True),
+            self.runtime, on_change=self._on_state)
+        self.sidecars = [self._sidecar(spec) for spec in settings.processes]
+        for sup in self.supervisors:
+            stream.register(sup.id)  # its ring exists (for the API) before its first line
+        self._done: asyncio.Future[int] | None = None
+        self._health_task: asyncio.Task[None] | None = None
+        self._sidecars_started = False
+        self.started = asyncio.Event()  # set once the autostart sidecars have been spawned
+        self.forced = False  # a second Ctrl-C killed everything at once
+        self._snapshot_due = False
+        self.sweeper = Sweeper(lambda: [s.pid for s in self.supervisors if s.pid],
+                               lambda proc_id: self.get(proc_id).pid)
+
+    @property
+    def supervisors(self) -> list[Supervisor]:
+        return [self.pocketbase, *self.sidecars]
+
+    @property
+    def pb(self) -> PocketBaseInfo:
+        return self.settings.pb
+
+    def get(self, proc_id: str) -> Supervisor:
+        for sup in self.supervisors:
+            if sup.id == proc_id:
+                return sup
+        raise UnknownProcess(proc_id)
+
+    # -- launching ------------------------------------------------------------------------
+    def _pb_launch(self) -> Launch:
+        s = self.settings
+        env = pocketbase_env(s.environ, s.api_url, s.api_token)
+        return Launch([s.pb_binary, "serve", *s.serve_args], env, str(s.cwd), "direct")
+
+    def _sidecar(self, spec: ProcessSpec) -> Supervisor:
+        def prepare() -> Launch:
+            plan = plan_launch(spec, self.settings.environ.get("PATH"))
+            env = sidecar_env(spec, self.settings.environ, self.settings.pb, plan)
+            return Launch(plan.argv, env, str(spec.cwd), plan.interpreter)
+
+        policy = Policy(max_retries=spec.max_retries, backoff=spec.backoff,
+                        stop_timeout=spec.stop_timeout, healthy_run=self.settings.healthy_run)
+        return Supervisor(spec.id, prepare, policy, self.runtime, on_change=self._on_state)
+
+    # -- following state changes ----------------------------------------------------------
+    def _on_state(self, sup: Supervisor) -> None:
+        self._schedule_snapshot()
+        if sup is not self.pocketbase:
+            if sup.child is None and sup.last_exit is not None:
+                # What the run left outside its group is unsupervised now.
+                self.sweeper.after_exit(sup.id, sup.policy.stop_timeout)
+            return
+        if sup.state is ProcessState.STARTING:
+            self._watch_health()
+        elif sup.state is ProcessState.CRASHED:
+            log.error("PocketBase gave up; stopping everything")
+            self.request_shutdown(EXIT_PB_GAVE_UP)
+
+    def _schedule_snapshot(self) -> None:
+        """state.json and systemd's STATUS follow the set of processes, once per loop turn,
+        after the current callback: a restart's exit -> starting -> running is one write,
+        made after the spawn rather than in front of it."""
+        if not self._snapshot_due:
+            self._snapshot_due = True
+            asyncio.get_running_loop().call_soon(self._write_snapshot)
+
+    def _write_snapshot(self) -> None:
+        self._snapshot_due = False
+        if self.ledger is not None:
+            self.ledger.record((s.id, s.pid) for s in self.supervisors if s.pid)
+        if self.notifier.enabled:
+            self.notifier.status(status_line(self.supervisors))
+
+    # -- health ---------------------------------------------------------------------------
+    def _watch_health(self) -> None:
+        if self._health_task is None or self._health_task.done():
+            self._health_task = asyncio.get_running_loop().create_task(self._await_health())
+
+    async def _await_health(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.health_timeout
+        pb = self.pocketbase
+        while pb.state in COMING_UP:
+            if pb.child is not None and await health_ok(self.settings.pb):
+                pb.mark_running()
+                log.info("PocketBase is healthy at %s", self.settings.pb.url)
+                for companion in self.companions:
+                    companion.pb_healthy()
+                self._start_sidecars()
+                return
+            if loop.time() > deadline:
+                log.error("PocketBase has not answered %s/api/health for %.0fs; starting the "
+                          "sidecars anyway", self.settings.pb.url, self.settings.health_timeout)
+                self._start_sidecars()
+                return
+            await asyncio.sleep(HEALTH_POLL)
+
+    def _start_sidecars(self) -> None:
+        if self._sidecars_started:
+            return
+        self._sidecars_started = True
+        self.started.set()
+        for sup in self.sidecars:
+            if self.specs[sup.id].autostart:
+                sup.spawn_now()
+            else:
+                log.info("%s: autostart is off; start it with `pbhost start %s`", sup.id, sup.id)
+        self.notifier.ready(status_line(self.supervisors))
+
+    # -- run and shutdown -----------------------------------------------------------------
+    async def run(self, pb_child: Child | None = None) -> int:
+        """Run until a shutdown signal or until PocketBase gives up; return the exit code."""
+        loop = asyncio.get_running_loop()
+        self._done = loop.create_future()
+        if pb_child is not None:
+            self.pocketbase.adopt(pb_child)  # watched before install: it may have exited
+        self.reaper.install(loop)
+        self.notifier.start_watchdog(loop)
+        for sig in SHUTDOWN_SIGNALS:
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        try:
+            if pb_child is None:
+                self.pocketbase.spawn_now()
+            for companion in self.companions:  # after PocketBase's spawn: never delays it
+                companion.started(self)
+            code = await self._done
+            await self._shutdown()
+            return EXIT_FORCED if self.forced else code
+        finally:
+            for sig in SHUTDOWN_SIGNALS:
+                loop.remove_signal_handler(sig)
+            self.reaper.uninstall()
+
+    @property
+    def shutting_down(self) -> bool:
+        return self._done is not None and self._done.done()
+
+    def request_shutdown(self, code: int = EXIT_OK) -> None:
+        if self._done is not None and not self._done.done():
+            self._done.set_result(code)
+
+    def _on_signal(self, sig: int) -> None:
+        name = signal.Signals(sig).name
+        if self._done is not None and not self._done.done():
+            log.info("%s received: stopping all processes", name)
+            self.request_shutdown(EXIT_OK)
+            return
+        if sig == signal.SIGINT:
+            log.warning("second interrupt: killing every process group now")
+            self.forced = True
+            for sup in self.supervisors:
+                sup.kill_now()
+
+    async def _shutdown(self) -> None:
+        self.notifier.stopping()
+        for companion in self.companions:
+            companion.shutting_down()  # e.g. no reload may start a sidecar being stopped
+        if self._health_task is not None:
+            self._health_task.cancel()
+        await asyncio.gather(*(sup.stop() for sup in self.sidecars))
+        # What escaped the sidecars' groups was re-parented to us when they ended.
+        longest = max((s.policy.stop_timeout for s in self.sidecars), default=STOP_TIMEOUT)
+        await self.sweeper.end_all(0.0 if self.forced else longest)
+        if not self.forced:  # after a second Ctrl-C nothing waits
+            for companion in self.companions:
+                await companion.before_pb_stop()
+        await self.pocketbase.stop()
+        await self.sweeper.end_all(0.0 if self.forced else STOP_TIMEOUT)  # PB's children
+        self.reaper.reap()  # anything adopted that exited during the stop
+        if self.ledger is not None:
+            self.ledger.clear()
+            self.ledger = None  # a state change still queued must not write it again
+
+
+async def health_ok(pb: PocketBaseInfo, timeout: float = 1.0) -> bool:
+    """One GET /api/health; True on 200."""
+    status = await request_status(pb.local_host, pb.port, "GET", "/api/health", timeout=timeout)
+    return status == 200

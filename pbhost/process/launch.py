@@ -1,0 +1,136 @@
+"""How to run a sidecar (venv python, node, sh, or the program itself) and the environment it gets.
+
+Nothing here starts a process: a program that cannot be found keeps its plain name in argv, so
+the spawn fails with ENOENT and the supervisor reports that reason in `lastError`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Mapping
+
+if TYPE_CHECKING:  # value objects only; this module must not import the supervision core
+    from pbhost.config.loader import ProcessSpec
+    from pbhost.pocketbase.binary import PocketBaseInfo
+
+VENV_DIRS = (".venv", "venv")  # searched in this order in the process's cwd
+_BY_SUFFIX = {".js": "node", ".mjs": "node", ".cjs": "node", ".sh": "sh"}
+DIRECT = "direct"  # LaunchPlan.interpreter when the program runs without an interpreter
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    argv: tuple[str, ...]
+    interpreter: str               # shown: "/abs/.venv/bin/python", "/usr/bin/node", "direct"
+    is_python: bool                # gets PYTHONUNBUFFERED=1
+    venv: Path | None = None       # a virtualenv to activate (VIRTUAL_ENV, PATH) in its env
+
+
+def plan_launch(spec: ProcessSpec, path: str | None) -> LaunchPlan:
+    """The argv for `spec`. `path` is the PATH to search (None: pbhost's own).
+
+    A PATH set in the process's own `env` is searched instead, since that is the PATH the
+    child will run with.
+    """
+    search = spec.env.get("PATH", path)
+    if search is None:
+        search = os.environ.get("PATH", os.defpath)
+    if spec.script is None:
+        assert spec.command is not None  # config guarantees exactly one of the two
+        return _plan_command(spec, spec.command, search)
+    if spec.interpreter != "auto":
+        return _plan_explicit(spec, spec.script, search)
+    return _plan_auto(spec, spec.script, search)
+
+
+def _plan_auto(spec: ProcessSpec, script: Path, search: str) -> LaunchPlan:
+    suffix = script.suffix.lower()
+    if suffix == ".py":
+        venv = find_venv(spec.cwd)
+        python = str(venv / "bin" / "python") if venv else _which("python3", search)
+        return LaunchPlan((python, str(script), *spec.args), python, True, venv)
+    if suffix in _BY_SUFFIX:
+        program = _which(_BY_SUFFIX[suffix], search)
+        return LaunchPlan((program, str(script), *spec.args), program, False)
+    return LaunchPlan((str(script), *spec.args), DIRECT, _is_python_program(str(script)))
+
+
+def _plan_explicit(spec: ProcessSpec, script: Path, search: str) -> LaunchPlan:
+    # A name is looked up on PATH; a path is relative to the process's cwd, like a shell in cwd.
+    if "/" in spec.interpreter:
+        program = os.path.normpath(spec.cwd / spec.interpreter)
+    else:
+        program = _which(spec.interpreter, search)
+    return LaunchPlan((program, str(script), *spec.args), program,
+                      _is_python_program(program), _venv_of(program))
+
+
+def _plan_command(spec: ProcessSpec, command: str, search: str) -> LaunchPlan:
+    # The cwd's venv is active for commands too, as after `source .venv/bin/activate`: so
+    # "python", "uvicorn" or "celery" resolve to the project's own copies when it has a venv.
+    venv = find_venv(spec.cwd)
+    if "/" not in command:
+        if venv is not None:
+            search = str(venv / "bin") + os.pathsep + search
+        command = _which(command, search)
+    return LaunchPlan((command, *spec.args), DIRECT, _is_python_program(command), venv)
+
+
+def find_venv(cwd: Path) -> Path | None:
+    """`<cwd>/.venv`, then `<cwd>/venv`, whichever has an executable bin/python."""
+    for name in VENV_DIRS:
+        python = cwd / name / "bin" / "python"
+        if python.is_file() and os.access(python, os.X_OK):
+            return cwd / name
+    return None
+
+
+def _venv_of(program: str) -> Path | None:
+    """The virtualenv an explicit interpreter lives in (its bin's parent has pyvenv.cfg)."""
+    bin_dir = Path(program).parent
+    if bin_dir.name == "bin" and (bin_dir.parent / "pyvenv.cfg").is_file():
+        return bin_dir.parent
+    return None
+
+
+def _which(name: str, search: str) -> str:
+    return shutil.which(name, path=search) or name
+
+
+def _is_python_program(program: str) -> bool:
+    """A python interpreter, or a script whose #! line runs one (uvicorn, celery, ...)."""
+    if os.path.basename(program).startswith("python"):
+        return True
+    if "/" not in program:
+        return False
+    try:
+        with open(program, "rb") as f:
+            first = f.readline(256)
+    except OSError:
+        return False
+    return first.startswith(b"#!") and b"python" in first
+
+
+def sidecar_env(spec: ProcessSpec, base: Mapping[str, str], pb: PocketBaseInfo,
+                plan: LaunchPlan) -> dict[str, str]:
+    """pbhost's environment, then what pbhost injects, then the process's own `env` (it wins)."""
+    env = dict(base)
+    if plan.venv is not None:
+        # What `source <venv>/bin/activate` does: console scripts installed by pip resolve.
+        env["VIRTUAL_ENV"] = str(plan.venv)
+        env["PATH"] = str(plan.venv / "bin") + os.pathsep + base.get("PATH", os.defpath)
+        env.pop("PYTHONHOME", None)
+    env.update(
+        PB_URL=pb.url,
+        PB_PORT=str(pb.port),
+        PB_DATA_DIR=str(pb.data_dir),
+        DB_DSN="sqlite:///" + str(Path(pb.data_dir) / "data.db"),
+        PBHOST_PROCESS_ID=spec.id,
+    )
+    if plan.is_python:
+        env["PYTHONUNBUFFERED"] = "1"
+    env.update(spec.env)
+    return env
