@@ -17,7 +17,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from conftest import PbhostRun, Project, free_port, http_json, pid_alive, wait_for
+from support import PbhostRun, Project, free_port, http_json, pid_alive, wait_for
 from pbhost.pocketbase.binary import find_binary
 
 PY = sys.executable

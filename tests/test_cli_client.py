@@ -12,7 +12,7 @@ from typing import Iterator
 
 import pytest
 
-from conftest import PbhostRun, Project, pbhost_env, pid_alive, wait_for
+from support import PbhostRun, Project, pbhost_env, pid_alive, wait_for
 
 PY = sys.executable
 TICKER = """

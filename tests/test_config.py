@@ -13,7 +13,7 @@ import pytest
 from pbhost.config.loader import LoadedConfig, ProcessSpec, find_config, load_config, parse_duration
 from pbhost.errors import ConfigError
 
-from conftest import pbhost_env
+from support import pbhost_env
 
 
 @pytest.fixture

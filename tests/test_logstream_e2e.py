@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pexpect
 
-from conftest import Project, free_port, pbhost_env, wait_for
+from support import Project, free_port, pbhost_env, wait_for
 
 PY = sys.executable
 

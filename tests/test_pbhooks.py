@@ -21,7 +21,7 @@ from typing import Any, Iterator
 import inotify_simple
 import pytest
 
-from conftest import PbhostRun, Project, http_json, pid_alive, wait_for
+from support import PbhostRun, Project, http_json, pid_alive, wait_for
 from pbhost.pocketbase.hookfile import (CURRENT, DISABLED, FAILED, FOREIGN, HOOK_NAME, INSTALLED, UPDATED,
                             hook_source, install_hook, revision)
 from pbhost.pocketbase.binary import find_binary

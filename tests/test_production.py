@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, PbhostRun, Project, pbhost_env, pid_alive, wait_for
+from support import ROOT, PbhostRun, Project, pbhost_env, pid_alive, wait_for
 
 PY = sys.executable
 EXAMPLE = ROOT / "examples" / "docker"

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from conftest import PbhostRun, Project, pid_alive, wait_for
+from support import PbhostRun, Project, pid_alive, wait_for
 
 SIDECAR = """\
 import os, threading, time

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 from typing import Iterator
 
 import pytest
-from conftest import ROOT, free_port, http_json, pbhost_env, wait_for
+from support import ROOT, free_port, http_json, pbhost_env, wait_for
 
 from pbhost.config.loader import load_config
 from pbhost.errors import PbhostError

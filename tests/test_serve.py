@@ -14,7 +14,7 @@ from pathlib import Path
 import pexpect
 import pytest
 
-from conftest import ROOT, Project, free_port, pbhost_env, pid_alive, wait_for
+from support import ROOT, Project, free_port, pbhost_env, pid_alive, wait_for
 
 PY = sys.executable
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Project, free_port, pbhost_env, pid_alive, wait_for
+from support import Project, free_port, pbhost_env, pid_alive, wait_for
 from pbhost.startup import prespawn
 from pbhost.cli.commands import cli
 from pbhost.options import OPTIONS, Options, by_name
