@@ -8,12 +8,9 @@ import asyncio
 import logging
 import os
 import socket
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import Mapping, Protocol, Sequence
 
 from pbhost.process.state import ProcessState
-
-if TYPE_CHECKING:
-    from pbhost.process.supervisor import Supervisor
 
 log = logging.getLogger("pbhost")
 
@@ -89,7 +86,14 @@ class Notifier:
             self._sock = None
 
 
-def status_line(supervisors: Sequence[Supervisor]) -> str:
+class Described(Protocol):
+    """What a status line needs of a process (a Supervisor is one)."""
+
+    id: str
+    state: ProcessState
+
+
+def status_line(supervisors: Sequence[Described]) -> str:
     """One line for `systemctl status`: PocketBase's state, then the sidecars'."""
     pb, sidecars = supervisors[0], supervisors[1:]
     text = f"{pb.id} {pb.state}"
