@@ -1,7 +1,8 @@
 """`python -m pbhost` and the `pbhost` console script.
 
-`pbhost serve` starts PocketBase before importing click, asyncio and the rest (see prespawn.py):
-PocketBase's own start-up then overlaps with pbhost's imports instead of following them.
+`pbhost serve` starts PocketBase before importing click, asyncio and the rest (see
+startup/prespawn.py): PocketBase's own start-up then overlaps with pbhost's imports instead of
+following them.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ def main() -> None:
         cli_main()
     except prespawn.StartupInterrupted:
         # A shutdown signal during start-up: stopping everything is a clean exit, 130 if a
-        # second Ctrl-C forced it meanwhile (host.EXIT_FORCED; host may not be imported yet).
+        # second Ctrl-C forced it meanwhile (process/host.py EXIT_FORCED, not imported yet).
         prespawn.discard()  # first, so that a Ctrl-C during this stop counts
         sys.exit(130 if prespawn.forced() else 0)
     finally:

@@ -1,6 +1,6 @@
 """One parser per key of a process object in pb_processes.json: value in, typed value out.
 
-A parser raises `Invalid("must be ...")`; config.py puts the process and the key in front, so
+A parser raises `Invalid("must be ...")`; loader.py puts the process and the key in front, so
 every message reads `process "ai-agent": "backoff" must be ...`.
 """
 
@@ -53,7 +53,7 @@ class FieldContext:
 def parse_duration(value: object) -> float:
     """"1s", "500ms", "1.5s", "2m", "1h" or a bare number of seconds -> seconds.
 
-    Raises ValueError with a message that completes `"<key>" ...` (config.py re-exports this).
+    Raises ValueError with a message that completes `"<key>" ...` (loader.py re-exports this).
     """
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise ValueError(f"must be {_DURATION_HINT}, got {describe(value)}")
@@ -162,7 +162,7 @@ def _expand(name: str, text: str, fc: FieldContext) -> str:
 
 def _parse_interpreter(value: Any, fc: FieldContext) -> str:
     text = _string(value)
-    # A path stays relative here: interpreter.py resolves it against the process's cwd.
+    # A path stays relative here: process/launch.py resolves it against the process's cwd.
     return os.path.expanduser(text)
 
 

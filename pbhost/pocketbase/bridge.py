@@ -1,11 +1,12 @@
 """The PocketBase hook at run time: the probe after PocketBase starts, and the log bridge
 (sidecar lines into PocketBase's logger, bounded, never in the stream's way).
 
-The log stream calls `offer` for every line; it only filters, takes a rate-limit token and
-appends to a bounded buffer (no I/O, no await). An asyncio task sends the buffer in batches to
-the hook route `POST /api/pbhost/logs`, which only accepts pbhost's internal token. What the
-rate limit or a full buffer turns away is counted and reported, on the terminal as a
-`[pbhost]` line and in PocketBase's logs. The terminal stream itself is never touched.
+The log stream asks `wants` once per chunk (it filters and takes rate-limit tokens) and calls
+`offer` for each line let through, which appends to a bounded buffer (no I/O, no await). An
+asyncio task sends the buffer in batches to the hook route `POST /api/pbhost/logs`, which only
+accepts pbhost's internal token. What the rate limit or a full buffer turns away is counted and
+reported, on the terminal as a `[pbhost]` line and in PocketBase's logs. The terminal stream
+itself is never touched.
 """
 
 from __future__ import annotations

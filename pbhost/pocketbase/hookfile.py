@@ -3,8 +3,8 @@
 The hook (the package file `pbhook.js`) serves `/api/pm/*` on PocketBase's own port for
 superusers and takes sidecar output into PocketBase's logger (see docs/pocketbase-hook.md).
 
-Installing runs before PocketBase is spawned, on the fast start path (prespawn.py) before
-asyncio or click are imported, so this module imports nothing but os and pathlib (no
+Installing runs before PocketBase is spawned, on the fast start path (startup/prespawn.py)
+before asyncio or click are imported, so this module imports nothing but os and pathlib (no
 dataclasses, typing or logging: ~10 ms before the spawn). PocketBase restarts itself on any
 change in its hooks dir, so the installer writes nothing at all when the file is current, and
 never touches any other file there.

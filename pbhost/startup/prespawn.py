@@ -126,7 +126,7 @@ def start_pocketbase(opts: Options, serve_args: Sequence[str], cwd: Path,
     pb = describe(serve_args, cwd)
     _end_previous_run(pb.data_dir)
     set_child_subreaper()  # before the first spawn: what PocketBase orphans comes to us
-    # PocketBase's env must name the API; apiaddr.py is import-light for this reason.
+    # PocketBase's env must name the API; control/address.py is import-light for this reason.
     from pbhost.control.address import new_token, parse_api_address
     api = parse_api_address(opts.api, pb.port, cwd)
     token = new_token()  # also with --api off: the hook's log route accepts only it
