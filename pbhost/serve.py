@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Sequence
 
 from pbhost.config.loader import LoadedConfig, ProcessSpec, find_config, load_config
 from pbhost.errors import ConfigError
-from pbhost.logs.stream import LogStream, LogStreamHandler, want_color
+from pbhost.logs.render import want_color
+from pbhost.logs.stream import LogStream, LogStreamHandler
 from pbhost.options import Options, by_name
 from pbhost.orphans.leftovers import Ledger
 from pbhost.pocketbase.bridge import HookLink

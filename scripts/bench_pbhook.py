@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from bench_logs import _drive, flood_cmd  # noqa: E402
-from conftest import Project, http_json  # noqa: E402
+from support import Project, http_json  # noqa: E402
 from pbhost.logs.stream import LogStream  # noqa: E402
 from pbhost.pocketbase.bridge import LogBridge  # noqa: E402
 from pbhost.pocketbase.hookfile import install_hook  # noqa: E402

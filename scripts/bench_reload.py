@@ -230,13 +230,9 @@ def summary(samples: list[float]) -> dict[str, Any]:
             "goal_ms": 700}
 
 
-def core_present() -> bool:
-    return (ROOT / "pbhost" / "host.py").exists() and (ROOT / "pbhost" / "cli.py").exists()
-
-
 def run(quick: bool, watcher_only: bool = False) -> dict[str, Any]:
     runs, idle_s = (5, 10.0) if quick else (10, 30.0)
-    if watcher_only or not core_present():
+    if watcher_only:
         return measure_watcher_only(runs, idle_s)
     return measure_e2e(runs, idle_s)
 

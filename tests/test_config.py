@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from pbhost.config.loader import LoadedConfig, ProcessSpec, find_config, load_config, parse_duration
+from pbhost.config.keys import parse_duration
+from pbhost.config.loader import LoadedConfig, ProcessSpec, find_config, load_config
 from pbhost.errors import ConfigError
 
 from support import pbhost_env

@@ -317,7 +317,9 @@ def test_pid1_in_a_pid_namespace_reaps_orphans_and_empties_it(project: Project) 
         os.kill(a, signal.SIGTERM)  # the orphan exits: PID 1 must reap it
         wait_for(lambda: a not in [p for p, _ in namespace_members(ns)], 10,
                  "the exited orphan reaped (no zombie left)")
-        assert [p for p, st in namespace_members(ns) if st == "Z"] == []
+        # None of pbhost's: PocketBase's own unreaped child (the xdg-open it spawns when it
+        # has no superuser, where xdg-utils is installed) is PocketBase's to reap, not an orphan.
+        assert [p for p, st in namespace_members(ns) if st == "Z" and ppid(p) == pbhost] == []
         run.wait_line(f"reaped pid {daemons[0]}")
 
         os.kill(pbhost, signal.SIGTERM)
@@ -444,3 +446,18 @@ def test_systemd_unit_verifies(project: Project, tmp_path: Path) -> None:
                               text=True)
     assert verified.returncode == 0, verified.stderr
     assert "pbhost-test.service" not in verified.stderr, verified.stderr  # no warnings about it
+
+
+def test_systemd_unit_spells_out_every_option_given(project: Project) -> None:
+    """Options given as flags or PBHOST_* variables reach the unit, the off-switches too."""
+    project.config([], name="procs.json")
+    made = subprocess.run([PY, "-m", "pbhost", "--color", "--api", "127.0.0.1:9999", "-c",
+                           "procs.json", "systemd-unit"], cwd=project.root,
+                          env=pbhost_env(PBHOST_PB_HOOKS="0", PBHOST_TIMESTAMPS="1"),
+                          capture_output=True, text=True, check=True)
+    exec_start = next(ln for ln in made.stdout.splitlines() if ln.startswith("ExecStart="))
+    args = exec_start.split()
+    assert {"--color", "--no-pb-hooks", "--timestamps"} <= set(args)
+    assert args[args.index("--api") + 1] == "127.0.0.1:9999"
+    assert args[args.index("--config") + 1] == str(project.root / "procs.json")
+    assert args[-1] == "serve"

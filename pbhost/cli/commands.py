@@ -6,7 +6,6 @@ A thin click layer: parse, call, map a PbhostError to one line and an exit code.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 from pathlib import Path
@@ -17,8 +16,6 @@ import click
 from pbhost import __version__
 from pbhost.errors import ConfigError, PbhostError
 from pbhost.options import ENV_PREFIX, OPTIONS, Options
-
-log = logging.getLogger("pbhost")
 
 
 def _pbhost_options(f: Any) -> Any:

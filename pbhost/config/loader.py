@@ -15,17 +15,15 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
 
-from pbhost.config.keys import FIELDS, Context, FieldContext, Invalid, describe, parse_duration
+from pbhost.config.keys import FIELDS, Context, FieldContext, Invalid, describe
 from pbhost.errors import ConfigError
 from pbhost.process.ending import STOP_TIMEOUT
 
-__all__ = ["CONFIG_NAMES", "LoadedConfig", "ProcessSpec", "find_config", "load_config",
-           "parse_duration"]
+__all__ = ["CONFIG_NAMES", "LoadedConfig", "ProcessSpec", "find_config", "load_config"]
 
 CONFIG_NAMES = ("pb_processes.json", "pb_processes.yaml", "pb_processes.yml")
 DEFAULT_BACKOFF = 1.0
 DEFAULT_DEBOUNCE = 0.5
-DEFAULT_STOP_TIMEOUT = STOP_TIMEOUT
 
 
 @dataclass(frozen=True)
@@ -46,7 +44,7 @@ class ProcessSpec:
     watch_paths: tuple[Path, ...] = ()  # empty means (cwd,), filled in below
     watch_ignore: tuple[str, ...] = ()
     debounce: float = DEFAULT_DEBOUNCE
-    stop_timeout: float = DEFAULT_STOP_TIMEOUT
+    stop_timeout: float = STOP_TIMEOUT
     autostart: bool = True
     pb_logs: str = "stderr"
 
@@ -279,7 +277,7 @@ def _build_spec(values: Mapping[str, Any], ctx: Context) -> ProcessSpec:
         watch_paths=values.get("watchPaths", (cwd,)),
         watch_ignore=values.get("watchIgnore", ()),
         debounce=values.get("debounce", DEFAULT_DEBOUNCE),
-        stop_timeout=values.get("stopTimeout", DEFAULT_STOP_TIMEOUT),
+        stop_timeout=values.get("stopTimeout", STOP_TIMEOUT),
         autostart=values.get("autostart", True),
         pb_logs=values.get("pbLogs", "stderr"),
     )

@@ -31,6 +31,7 @@ from pbhost.control.controlfile import ControlInfo, remove_control, write_contro
 from pbhost.control.httpserver import HttpServer, Request, Response, Send, StreamResponse
 from pbhost.control.stats import GroupStats, Usage
 from pbhost.errors import UnknownProcess
+from pbhost.logs.render import SYSTEM_ID
 from pbhost.process.state import HALTED, ProcessState
 from pbhost.statedir import control_path
 
@@ -46,7 +47,6 @@ DEFAULT_LINES = 100
 MAX_LINES = 10_000
 FOLLOW_QUEUE = 10_000      # lines a slow follower may lag behind before lines are dropped
 HEARTBEAT = 15.0           # seconds between SSE comments, so dead clients are noticed
-SYSTEM_ID = "pbhost"       # the log stream's id for pbhost's own lines
 ACTIONS = ("restart", "stop", "start")
 
 

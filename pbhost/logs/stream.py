@@ -20,10 +20,10 @@ from typing import Callable
 
 from pbhost.errors import UnknownProcess
 from pbhost.logs.lines import LineSplitter, clean, strip_escapes
-from pbhost.logs.render import LEVELS, SYSTEM_ID, Renderer, syslog_priority, want_color
+from pbhost.logs.render import LEVELS, SYSTEM_ID, Renderer
 from pbhost.logs.sink import BacklogWriter
 
-__all__ = ["LogRecord", "LogStream", "LogStreamHandler", "syslog_priority", "want_color"]
+__all__ = ["LogRecord", "LogStream", "LogStreamHandler"]
 
 CHUNK = 256 * 1024
 REDRAW_INTERVAL = 1.0     # at most one in-flight progress-bar redraw per second per pipe

@@ -28,6 +28,7 @@ from typing import Any, Iterable
 from pbhost.errors import PbhostError
 from pbhost.orphans import proctable
 from pbhost.orphans.proctable import ProcInfo
+from pbhost.pocketbase.binary import PB_ID
 from pbhost.process.ending import alive, end_blocking, ending
 from pbhost.process.runenv import RUN_ENV
 from pbhost.statedir import state_path, write_private
@@ -127,7 +128,7 @@ def find_leftovers(data: dict[str, Any]) -> list[tuple[ProcInfo, str]]:
             if p.pid not in found:
                 env = proctable.environ(p.pid)
                 if env.get(RUN_ENV) == run:
-                    found[p.pid] = (p, env.get("PBHOST_PROCESS_ID", "pocketbase"))
+                    found[p.pid] = (p, env.get("PBHOST_PROCESS_ID", PB_ID))
     return list(found.values())
 
 

@@ -53,7 +53,11 @@ class PocketBaseInfo:
     @property
     def local_host(self) -> str:
         """The address a local client connects to (a wildcard host becomes 127.0.0.1)."""
-        return "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return _local(self.host)
+
+
+def _local(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
 
 
 def find_binary(explicit: str | None, environ: Mapping[str, str], cwd: Path) -> str:
@@ -138,7 +142,7 @@ def describe(serve_args: Sequence[str], cwd: Path) -> PocketBaseInfo:
         port = int(port_text)
     except ValueError:
         port = 80
-    local_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    local_host = _local(host)
     url_host = f"[{local_host}]" if ":" in local_host else local_host
     data_dir = (cwd / (_flag_value(serve_args, "dir") or "pb_data")).resolve()
     hooks = _flag_value(serve_args, "hooksDir")

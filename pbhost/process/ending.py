@@ -66,14 +66,12 @@ class Group:
 
 
 class Outcome:
-    """What a stop did: the targets that needed SIGKILL, and those still there when it gave up
-    waiting (only with a bounded `kill_wait`)."""
+    """What a stop did: the targets that needed SIGKILL."""
 
-    __slots__ = ("killed", "left")
+    __slots__ = ("killed",)
 
     def __init__(self) -> None:
         self.killed: list[Any] = []
-        self.left: list[Any] = []
 
 
 def alive(targets: Iterable[T]) -> Callable[[], list[T]]:
@@ -114,7 +112,6 @@ def ending(find: Callable[[], Iterable[T]], grace: float, *,
                 if on_signal is not None:
                     on_signal(target, sig)
         if killing and kill_wait is not None and now >= term_until + kill_wait:
-            outcome.left = list(targets)
             return outcome
         wake_at = now + poll if killing else min(now + poll, term_until)
         yield max(0.0, wake_at - clock())

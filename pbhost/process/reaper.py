@@ -41,7 +41,6 @@ class Reaper:
         # watched before install(), whose first reap may already collect it.
         self._watched: dict[int, ExitCallback] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.orphans_reaped = 0
 
     def install(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -71,6 +70,5 @@ class Reaper:
                 except Exception:  # a bug in one supervisor must not stall reaping the rest
                     log.exception("handling the exit of pid %d failed", pid)
             else:
-                self.orphans_reaped += 1
                 log.debug("reaped pid %d (%s), not one of ours directly", pid,
                           describe_status(status))

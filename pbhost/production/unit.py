@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Sequence
 
 from pbhost.config.loader import find_config, load_config
-from pbhost.options import Options
+from pbhost.options import OPTIONS, Options
 from pbhost.process.ending import STOP_TIMEOUT
 
 STOP_MARGIN = 5.0  # seconds on top of pbhost's own worst case, for the final sweep and exit
@@ -42,19 +42,21 @@ def make_unit(opts: Options, serve_args: list[str], cwd: Path) -> str:
 
 
 def _own_options(opts: Options, cwd: Path) -> list[str]:
-    """pbhost's options as given now (flags or PBHOST_* variables), spelt out for the unit."""
+    """pbhost's options as given now (flags or PBHOST_* variables), spelt out for the unit:
+    every one that differs from its default, from the one option table. Paths are made
+    absolute, since the unit's working directory is the only cwd the service will know."""
     out: list[str] = []
-    if opts.config:
-        out += ["--config", str((cwd / opts.config).resolve())]
-    if opts.pocketbase:
-        binary = opts.pocketbase
-        out += ["--pocketbase", str((cwd / binary).resolve()) if os.sep in binary else binary]
-    if opts.api:
-        out += ["--api", opts.api]
-    if opts.log_format != "text":
-        out += ["--log-format", opts.log_format]
-    out += [flag for flag, on in (("--timestamps", opts.timestamps), ("--strict", opts.strict),
-                                  ("--verbose", opts.verbose)) if on]
+    for opt in OPTIONS:
+        value = getattr(opts, opt.field)
+        if value == opt.default or value is None:
+            continue
+        if opt.flag:
+            out.append(opt.names[-1] if value else opt.off_names[-1])
+            continue
+        text = str(value)
+        if opt.field == "config" or (opt.field == "pocketbase" and os.sep in text):
+            text = str((cwd / text).resolve())
+        out += [opt.names[-1], text]
     return out
 
 
