@@ -27,6 +27,7 @@ from support import (
     proc_stat,
     run_pbhost,
     started_pid,
+    upsert_superuser,
     wait_for,
 )
 
@@ -301,6 +302,9 @@ def test_pid1_in_a_pid_namespace_reaps_orphans_and_empties_it(project: Project) 
     config.append({"id": "daemonizer", "script": "daemonizer.py", "interpreter": PY,
                    "env": {"MARKER": str(marker)}})
     project.config(config)
+    # Without a superuser PocketBase runs xdg-open (where there is one) for its installer and
+    # reaps it when it likes: a zombie of PocketBase's own, not an orphan PID 1 failed to reap.
+    upsert_superuser(project.root)
 
     run = project.serve("--dir", str(project.root / "pb_data"), pbhost_args=("-v",),
                         wrapper=("unshare", "--pid", "--fork", "--mount-proc"))
