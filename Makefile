@@ -23,10 +23,12 @@ test: venv
 	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
-# Type check (mypy --strict, see setup.cfg) and lint (pinned versions, so results are stable).
+# Type check (mypy --strict over pbhost, tests and scripts: setup.cfg) and lint (ruff, rules in
+# pyproject.toml); pinned versions, so results are stable.
+# scripts/bench_logs.py is left out of ruff while issue 17 rewrites it: re-include it at merge.
 lint: venv
 	$(PY) -m mypy
-	$(PY) -m ruff check pbhost --select E,F,W,B --line-length 100
+	$(PY) -m ruff check pbhost tests scripts --extend-exclude scripts/bench_logs.py
 
 bench: venv
 	$(PY) scripts/bench.py $(if $(QUICK),--quick) $(if $(JSON),--json $(JSON))

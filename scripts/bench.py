@@ -25,7 +25,7 @@ import platform
 import sys
 import traceback
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 

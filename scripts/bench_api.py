@@ -121,11 +121,11 @@ def bench_restart(host: Pbhost, runs: int) -> dict[str, Any]:
         old = host.call("GET", "/api/pm/side-0")["pid"]
         gone_at: list[float] = []
 
-        def watch() -> None:
+        def watch(old: int, gone_at: list[float]) -> None:
             while not _pid_gone(old):
                 time.sleep(0.0005)
             gone_at.append(time.perf_counter())
-        watcher = threading.Thread(target=watch)
+        watcher = threading.Thread(target=watch, args=(old, gone_at))
         watcher.start()
         t0 = time.perf_counter()
         new = host.call("POST", "/api/pm/side-0/restart")["pid"]

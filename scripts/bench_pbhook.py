@@ -13,27 +13,26 @@ import argparse
 import asyncio
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from bench_logs import _drive, flood_cmd  # noqa: E402
-from support import Project, http_json  # noqa: E402
 from pbhost.logs.stream import LogStream  # noqa: E402
+from pbhost.pocketbase.binary import describe  # noqa: E402
 from pbhost.pocketbase.bridge import LogBridge  # noqa: E402
 from pbhost.pocketbase.hookfile import install_hook  # noqa: E402
-from pbhost.pocketbase.binary import describe, find_binary  # noqa: E402
+from support import Project, login, upsert_superuser  # noqa: E402
 
 
-def per_call_us(fn, n: int) -> float:
+def per_call_us(fn: Callable[[], object], n: int) -> float:
     start = time.perf_counter()
     for _ in range(n):
         fn()
@@ -112,18 +111,13 @@ def bench_forwarding(calls: int) -> list[dict[str, Any]]:
     """GET /api/pm/list through PocketBase's hook vs. straight to pbhost's control API."""
     with tempfile.TemporaryDirectory() as tmp:
         project = Project(Path(tmp))
-        binary = find_binary(None, os.environ, Path.cwd())
-        subprocess.run([binary, "superuser", "upsert", "b@example.com", "password123", "--dir",
-                        str(project.root / "pb_data")], check=True, capture_output=True)
+        upsert_superuser(project.root)
         project.config([{"id": "idle", "command": sys.executable,
                          "args": ["-c", "import time; time.sleep(600)"]}])
         run = project.serve()
         try:
             run.wait_line("PocketBase hook answers", timeout=20)
-            _, body = http_json(f"{run.url}/api/collections/_superusers/auth-with-password",
-                                "POST", body={"identity": "b@example.com",
-                                              "password": "password123"})
-            token = body["token"]
+            token = login(run)
             via = [timed_get(f"{run.url}/api/pm/list", token) for _ in range(calls)]
             api = f"http://127.0.0.1:{run.port + 1}/api/pm/list"
             timed_get(api, token)  # the API checks a superuser token once, then caches it

@@ -15,22 +15,25 @@ import argparse
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # Load what a running pbhost has loaded: the cost of fork() grows with the process.
 import pbhost.process.host  # noqa: F401,E402
+from benchkit import free_port  # noqa: E402
 from pbhost.orphans import proctable  # noqa: E402
-from pbhost.process import procctl, spawn as spawn_mod  # noqa: E402
 from pbhost.orphans.leftovers import Ledger  # noqa: E402
 from pbhost.orphans.sweep import Sweeper  # noqa: E402
+from pbhost.process import procctl  # noqa: E402
+from pbhost.process import spawn as spawn_mod
 
 
 def figures(samples: list[float]) -> str:
@@ -42,18 +45,19 @@ def figures(samples: list[float]) -> str:
 def bench_spawn(rounds: int) -> None:
     for label, hook in (("without PDEATHSIG", lambda: None),
                         ("with PDEATHSIG", procctl.pdeathsig_hook)):
-        spawn_mod.pdeathsig_hook = hook  # type: ignore[assignment]
         samples = []
-        for _ in range(rounds):
-            t = time.perf_counter()
-            child = spawn_mod.spawn(["/bin/true"], os.environ, "/")
-            samples.append(time.perf_counter() - t)
-            os.waitpid(child.pid, 0)
-            child.popen.returncode = 0
-            os.close(child.out_fd)
-            os.close(child.err_fd)
+        # spawn() looks the hook up in its own module at each call: swap it there.
+        with mock.patch.object(spawn_mod, "pdeathsig_hook", hook):
+            for _ in range(rounds):
+                t = time.perf_counter()
+                child = spawn_mod.spawn(["/bin/true"], os.environ, "/")
+                samples.append(time.perf_counter() - t)
+                os.waitpid(child.pid, 0)
+                assert child.popen is not None
+                child.popen.returncode = 0
+                os.close(child.out_fd)
+                os.close(child.err_fd)
         print(f"spawn() {label:18} {figures(samples)}")
-    spawn_mod.pdeathsig_hook = procctl.pdeathsig_hook  # type: ignore[assignment]
 
 
 def bench_ledger(rounds: int) -> None:
@@ -78,12 +82,6 @@ def bench_scan(rounds: int) -> None:
         samples.append(time.perf_counter() - t)
     n = sum(1 for _ in proctable.all_processes())
     print(f"escapee scan ({n} procs)   {figures(samples)}")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def bench_restart(rounds: int) -> None:
@@ -115,7 +113,7 @@ def bench_restart(rounds: int) -> None:
                 assert old is not None, "pbhost did not start the agent"
                 t = time.perf_counter()
                 os.kill(old, signal.SIGKILL)
-                while (new := agent_pid()) in (old, None):
+                while agent_pid() in (old, None):
                     pass
                 samples.append(time.perf_counter() - t)
                 time.sleep(0.05)  # let the escapee scan and logging settle between rounds

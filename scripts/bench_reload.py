@@ -167,6 +167,11 @@ def pid_line(line: str) -> int | None:
     return None
 
 
+def replaced(old: int | None) -> Callable[[str], bool]:
+    """A condition on output lines: a pid line of a process other than `old`."""
+    return lambda ln: pid_line(ln) not in (None, old)
+
+
 def measure_e2e(runs: int, idle_s: float) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="pbhost-bench-") as tmp:
         root = Path(tmp)
@@ -180,7 +185,7 @@ def measure_e2e(runs: int, idle_s: float) -> dict[str, Any]:
             for i in range(runs):
                 t0 = time.monotonic()
                 main_py.write_text(SIDECAR + f"# edit {i}\n")
-                t1, line = out.wait(lambda ln: pid_line(ln) not in (None, pid), 20)
+                t1, line = out.wait(replaced(pid), 20)
                 pid = pid_line(line)
                 latencies.append(t1 - t0)
             cpu = idle_cpu(proc.pid, idle_s, out)

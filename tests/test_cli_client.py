@@ -6,29 +6,22 @@ import json
 import re
 import signal
 import subprocess
-import sys
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 
-from support import PbhostRun, Project, pbhost_env, pid_alive, wait_for
-
-PY = sys.executable
-TICKER = """
-    import os, time
-    n = 0
-    while True:
-        n += 1
-        print(f"tick {n}", flush=True)
-        time.sleep(0.1)
-"""
-
-
-def pbhost(cwd: Path, *args: str, env: dict[str, str] | None = None,
-           ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([PY, "-m", "pbhost", *args], cwd=cwd, env=pbhost_env(**(env or {})),
-                          capture_output=True, text=True, timeout=60)
+from support import (
+    PY,
+    TICKER,
+    PbhostRun,
+    Project,
+    pbhost_process,
+    pid_alive,
+    read_control,
+    wait_for,
+)
+from support import run_pbhost as pbhost
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +39,7 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PbhostRun]:
         run.stop()
 
 
-def api_list(run: PbhostRun) -> dict[str, dict]:
+def api_list(run: PbhostRun) -> dict[str, dict[str, Any]]:
     res = pbhost(run.root, "ls", "--json")
     assert res.returncode == 0, res.stderr
     return {p["id"]: p for p in json.loads(res.stdout)}
@@ -87,10 +80,14 @@ def test_unknown_id_names_the_known_ones(running: PbhostRun) -> None:
 def test_start_stop_restart(running: PbhostRun) -> None:
     res = pbhost(running.root, "start", "later")
     assert res.returncode == 0, res.stderr
-    pid = int(re.fullmatch(r"later started \(pid (\d+)\)\n", res.stdout).group(1))
+    started = re.fullmatch(r"later started \(pid (\d+)\)\n", res.stdout)
+    assert started, res.stdout
+    pid = int(started.group(1))
     assert pid_alive(pid)
     res = pbhost(running.root, "restart", "later")
-    new = int(re.fullmatch(r"later restarted \(pid (\d+)\)\n", res.stdout).group(1))
+    restarted = re.fullmatch(r"later restarted \(pid (\d+)\)\n", res.stdout)
+    assert restarted, res.stdout
+    new = int(restarted.group(1))
     assert new != pid and pid_alive(new) and not pid_alive(pid)
     res = pbhost(running.root, "stop", "later")
     assert res.stdout == "later stopped\n" and not pid_alive(new)
@@ -108,11 +105,9 @@ def test_logs_shows_the_last_lines(running: PbhostRun) -> None:
 
 
 def test_logs_follow_prints_new_lines_until_interrupted(running: PbhostRun) -> None:
-    proc = subprocess.Popen([PY, "-m", "pbhost", "logs", "ticker", "-f", "-n", "1"],
-                            cwd=running.root, env=pbhost_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        ticks = []
+    with pbhost_process(running.root, "logs", "ticker", "-f", "-n", "1") as proc:
+        assert proc.stdout and proc.stderr
+        ticks: list[int] = []
         while len(ticks) < 5:
             line = proc.stdout.readline()
             assert line, proc.stderr.read()
@@ -121,9 +116,6 @@ def test_logs_follow_prints_new_lines_until_interrupted(running: PbhostRun) -> N
         proc.send_signal(signal.SIGINT)
         assert proc.wait(10) == 0
         assert "Traceback" not in proc.stderr.read()
-    finally:
-        proc.kill()
-        proc.communicate()
 
 
 def test_logs_follow_ends_when_pbhost_stops(project: Project) -> None:
@@ -131,19 +123,14 @@ def test_logs_follow_ends_when_pbhost_stops(project: Project) -> None:
     project.config([{"id": "ticker", "script": "ticker.py", "interpreter": PY}])
     run = project.serve()
     run.wait_line("control API at")
-    proc = subprocess.Popen([PY, "-m", "pbhost", "logs", "-f"], cwd=project.root,
-                            env=pbhost_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    try:
+    with pbhost_process(project.root, "logs", "-f") as proc:
+        assert proc.stdout and proc.stderr
         while "[ticker][STDOUT] tick" not in (line := proc.stdout.readline()):
             assert line, proc.stderr.read()  # all processes, merged: PocketBase's lines too
         run.stop()
         out, err = proc.communicate(timeout=15)
         assert proc.returncode == 0
         assert "the log stream ended (pbhost stopped)" in err
-    finally:
-        proc.kill()
-        proc.communicate()
 
 
 def test_nothing_running_and_stale_control_file(tmp_path: Path) -> None:
@@ -168,8 +155,7 @@ def test_nothing_running_and_stale_control_file(tmp_path: Path) -> None:
 def test_dir_option_and_env_override_with_a_unix_socket(project: Project) -> None:
     sock = project.root / "pm.sock"
     run = project.serve("--dir", "data2", pbhost_args=("--api", f"unix:{sock}"))
-    control = project.root / "data2" / ".pbhost" / "control.json"
-    info = wait_for(lambda: json.loads(control.read_text()), 15, "control.json")
+    info = read_control(project.root / "data2")
     assert info["url"] == f"unix:{sock}"
     res = pbhost(project.root, "ls", "--dir", "data2")
     assert res.returncode == 0 and "pocketbase" in res.stdout

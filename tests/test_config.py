@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +11,7 @@ import pytest
 from pbhost.config.keys import parse_duration
 from pbhost.config.loader import LoadedConfig, ProcessSpec, find_config, load_config
 from pbhost.errors import ConfigError
-
-from support import pbhost_env
+from support import run_pbhost
 
 
 @pytest.fixture
@@ -107,7 +104,8 @@ def test_spec_is_frozen_and_env_read_only(root: Path) -> None:
 
 
 def test_relative_paths_start_at_the_config_folder_not_the_caller_cwd(
-        root: Path, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+        root: Path, monkeypatch: pytest.MonkeyPatch,
+        tmp_path_factory: pytest.TempPathFactory) -> None:
     (root / "bin").mkdir()
     monkeypatch.chdir(tmp_path_factory.mktemp("elsewhere"))
     (spec, cmd) = load(root, [agent(cwd="./agent", watchPaths=["./bin"]),
@@ -215,7 +213,8 @@ def test_json_syntax_error_has_line_and_column(root: Path) -> None:
 
 
 def test_yaml_syntax_error_has_line_and_column(root: Path) -> None:
-    path = write(root, "- id: ai-agent\n  script: ./agent/main.py\n cwd: bad\n", "pb_processes.yaml")
+    path = write(root, "- id: ai-agent\n  script: ./agent/main.py\n cwd: bad\n",
+                 "pb_processes.yaml")
     with pytest.raises(ConfigError) as info:
         load_config(path, {})
     (problem,) = info.value.problems
@@ -238,8 +237,7 @@ def test_a_utf8_bom_is_accepted_by_pbhost_check(root: Path) -> None:
     """Notepad saves UTF-8 with a BOM; json.loads refuses it ("decode using utf-8-sig")."""
     (root / "pb_processes.json").write_bytes(
         b'\xef\xbb\xbf[{"id": "ai-agent", "script": "./agent/main.py"}]')
-    done = subprocess.run([sys.executable, "-m", "pbhost", "check"], cwd=root,
-                          env=pbhost_env(), capture_output=True, text=True, timeout=30)
+    done = run_pbhost(root, "check")
     assert (done.returncode, done.stderr) == (0, "")
     assert "1 process(es) OK: ai-agent" in done.stdout
 
@@ -251,8 +249,7 @@ def test_a_utf8_bom_is_accepted_by_pbhost_check(root: Path) -> None:
 def test_absurdly_deep_nesting_is_a_config_error_not_a_traceback(
         root: Path, name: str, text: str) -> None:
     (root / name).write_text(text)
-    done = subprocess.run([sys.executable, "-m", "pbhost", "check"], cwd=root,
-                          env=pbhost_env(), capture_output=True, text=True, timeout=30)
+    done = run_pbhost(root, "check")
     assert (done.returncode, done.stderr) == (
         2, f"pbhost: error: {root / name}: nested too deeply to be a process list "
            "(brackets that never close?)\n")
@@ -350,8 +347,7 @@ def test_command_with_spaces_is_not_a_shell_line(root: Path) -> None:
 
 def test_a_blank_command_is_a_config_error_not_a_traceback(root: Path) -> None:
     write(root, [{"id": "p", "command": "   "}])
-    done = subprocess.run([sys.executable, "-m", "pbhost", "check"], cwd=root,
-                          env=pbhost_env(), capture_output=True, text=True, timeout=30)
+    done = run_pbhost(root, "check")
     assert (done.returncode, done.stderr) == (
         2, f'pbhost: error: {root / "pb_processes.json"}: process "p": "command" must be a '
            'non-empty string, got string "   "\n')

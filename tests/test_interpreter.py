@@ -11,25 +11,20 @@ import os
 import shutil
 import subprocess
 import venv
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from pbhost.config.loader import ProcessSpec
+from pbhost.pocketbase.binary import PocketBaseInfo
 from pbhost.process.launch import DIRECT, LaunchPlan, find_venv, plan_launch, sidecar_env
 
 
-@dataclass(frozen=True)
-class PB:
-    """Stand-in with the attributes of pocketbase.PocketBaseInfo (a plain value object)."""
-
-    url: str = "http://127.0.0.1:8090"
-    host: str = "127.0.0.1"
-    port: int = 8090
-    data_dir: Path = Path("/srv/app/pb_data")
-    hooks_dir: Path = Path("/srv/app/pb_hooks")
+def PB(url: str = "http://127.0.0.1:8090", port: int = 8090,
+       data_dir: Path = Path("/srv/app/pb_data")) -> PocketBaseInfo:
+    """The PocketBase these tests' sidecars run next to, unless a test says otherwise."""
+    return PocketBaseInfo(url, "127.0.0.1", port, data_dir, Path("/srv/app/pb_hooks"))
 
 
 def make_venv(folder: Path) -> Path:
@@ -206,13 +201,14 @@ print(json.dumps({"executable": sys.executable, "prefix": sys.prefix, "cwd": os.
 """
 
 
-def run_plan(s: ProcessSpec, pb: PB) -> dict[str, object]:
+def run_plan(s: ProcessSpec, pb: PocketBaseInfo) -> dict[str, Any]:
     base = dict(os.environ)
     base.pop("VIRTUAL_ENV", None)  # the test runner's own venv must not leak into the check
     plan = plan_launch(s, base.get("PATH"))
     out = subprocess.run(plan.argv, cwd=s.cwd, env=sidecar_env(s, base, pb, plan),
                          capture_output=True, text=True, timeout=30, check=True)
-    return json.loads(out.stdout)  # type: ignore[no-any-return]
+    seen: dict[str, Any] = json.loads(out.stdout)
+    return seen
 
 
 def test_real_run_in_the_venv(tmp_path: Path) -> None:
@@ -227,7 +223,8 @@ def test_real_run_in_the_venv(tmp_path: Path) -> None:
     assert seen["cwd"] == str(agent) and seen["argv"] == ["--x"]
     assert seen["tool"] == str(agent / ".venv" / "bin" / "mytool")
     assert seen["env"] == {
-        "PB_URL": "http://127.0.0.1:8123", "PB_PORT": "8123", "PB_DATA_DIR": str(tmp_path / "pb_data"),
+        "PB_URL": "http://127.0.0.1:8123", "PB_PORT": "8123",
+        "PB_DATA_DIR": str(tmp_path / "pb_data"),
         "DB_DSN": f"sqlite:///{tmp_path}/pb_data/data.db", "PBHOST_PROCESS_ID": "ai-agent",
         "PYTHONUNBUFFERED": "1", "VIRTUAL_ENV": str(agent / ".venv"), "PORT": "8001"}
 
@@ -235,7 +232,7 @@ def test_real_run_in_the_venv(tmp_path: Path) -> None:
 def test_real_run_without_a_venv_uses_python3(tmp_path: Path) -> None:
     (tmp_path / "main.py").write_text(REPORT_PY)
     seen = run_plan(spec(tmp_path, "main.py"), PB())
-    assert seen["env"]["VIRTUAL_ENV"] is None and seen["env"]["PYTHONUNBUFFERED"] == "1"  # type: ignore[index]
+    assert seen["env"]["VIRTUAL_ENV"] is None and seen["env"]["PYTHONUNBUFFERED"] == "1"
     assert os.path.basename(str(seen["executable"])).startswith("python3")
 
 

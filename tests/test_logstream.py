@@ -11,8 +11,8 @@ import fcntl
 import json
 import logging
 import os
-import socket
 import re
+import socket
 import subprocess
 import sys
 import textwrap
@@ -380,7 +380,8 @@ def test_want_color(tty_and_pipe: tuple[int, int]) -> None:
 
 
 def test_colour_per_id_is_stable_across_runs() -> None:
-    code = "from pbhost.logs.render import id_color; print(id_color('ai-agent'), id_color('pocketbase'))"
+    code = ("from pbhost.logs.render import id_color; "
+            "print(id_color('ai-agent'), id_color('pocketbase'))")
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
     outs = {subprocess.run([PY, "-c", code], env=dict(env, PYTHONHASHSEED=seed),
                            capture_output=True, text=True, check=True).stdout

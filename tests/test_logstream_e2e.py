@@ -7,28 +7,19 @@ import os
 import re
 import select
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pexpect
 
-from support import Project, free_port, pbhost_env, wait_for
-
-PY = sys.executable
-
-HELLO = """
-import sys, threading, time
-print("Hello World")
-print("model file missing: /models/llama.gguf", file=sys.stderr)
-threading.Event().wait()
-"""
+from support import OUT_ERR, PY, Project, free_port, pbhost_cmd, pbhost_env, wait_for
 
 
 def hello_project(project: Project) -> None:
-    project.write("agent/main.py", HELLO)
+    project.write("agent/main.py", OUT_ERR)
     project.config([{"id": "ai-agent", "script": "./agent/main.py", "cwd": "./agent",
-                     "interpreter": PY}])
+                     "interpreter": PY,
+                     "args": ["Hello World", "model file missing: /models/llama.gguf"]}])
 
 
 def test_story7_stdout_line_with_prefix(project: Project) -> None:
@@ -79,10 +70,11 @@ def test_story7_flooding_child_not_blocked_by_stalled_output(project: Project) -
     memory stays bounded, and once the pipe is read pbhost says how many lines it dropped."""
     total = 500_000  # 30 MB: hundreds of times what the pipe and the backlog can hold
     project.write("flood.py", FLOOD)
-    project.config([{"id": "flood", "script": "flood.py", "args": [str(total)], "interpreter": PY}])
+    project.config([{"id": "flood", "script": "flood.py", "args": [str(total)],
+                     "interpreter": PY}])
     read_fd, write_fd = os.pipe()
     port = free_port()
-    proc = subprocess.Popen([PY, "-m", "pbhost", "serve", "--http", f"127.0.0.1:{port}"],
+    proc = subprocess.Popen(pbhost_cmd("serve", "--http", f"127.0.0.1:{port}"),
                             cwd=project.root, stdout=write_fd, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, env=pbhost_env())
     os.close(write_fd)
@@ -94,7 +86,8 @@ def test_story7_flooding_child_not_blocked_by_stalled_output(project: Project) -
             peak = max(peak, rss_kib(proc.pid))
             return (project.root / "done").exists()
         try:
-            wait_for(flood_done, 90, "the sidecar to finish its writes while pbhost's output stalls")
+            wait_for(flood_done, 90,
+                     "the sidecar to finish its writes while pbhost's output stalls")
         except AssertionError:
             print(os.read(read_fd, 1 << 16).decode(errors="replace"))  # what pbhost said
             raise
@@ -136,7 +129,8 @@ def test_colour_on_a_terminal_only(project: Project, tmp_path: Path) -> None:
     hello_project(project)
     port = free_port()
     argv = ["-m", "pbhost", "serve", "--http", f"127.0.0.1:{port}"]
-    term = pexpect.spawn(PY, argv, cwd=str(project.root), env=pbhost_env(), timeout=30)
+    term: pexpect.spawn[bytes] = pexpect.spawn(PY, argv, cwd=str(project.root),
+                                               env=pbhost_env(), timeout=30)
     try:
         # The id in its own colour, then `[STDOUT]` in plain text.
         term.expect(rb"\x1b\[[0-9;]+m\[ai-agent\]\x1b\[0m\[STDOUT\] Hello World")
@@ -146,11 +140,11 @@ def test_colour_on_a_terminal_only(project: Project, tmp_path: Path) -> None:
     finally:
         term.close()
     assert term.exitstatus == 0
-    plain = pexpect.spawn(PY, argv, cwd=str(project.root), env=pbhost_env(NO_COLOR="1"),
-                          timeout=30)
+    plain: pexpect.spawn[bytes] = pexpect.spawn(PY, argv, cwd=str(project.root),
+                                                env=pbhost_env(NO_COLOR="1"), timeout=30)
     try:
         plain.expect(rb"\n\[ai-agent\]\[STDOUT\] Hello World")
-        assert b"\x1b" not in plain.before
+        assert plain.before is not None and b"\x1b" not in plain.before
         plain.sendcontrol("c")
         plain.expect(pexpect.EOF)
     finally:

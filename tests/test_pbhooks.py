@@ -7,57 +7,53 @@ first serve (which also keeps PocketBase from opening its installer in a browser
 from __future__ import annotations
 
 import json
-import os
 import re
 import sqlite3
-import subprocess
-import sys
 import threading
-from urllib.parse import quote
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Iterator
+from urllib.parse import quote
 
 import inotify_simple
 import pytest
 
-from support import PbhostRun, Project, http_json, pid_alive, wait_for
-from pbhost.pocketbase.hookfile import (CURRENT, DISABLED, FAILED, FOREIGN, HOOK_NAME, INSTALLED, UPDATED,
-                            hook_source, install_hook, revision)
-from pbhost.pocketbase.binary import find_binary
-
-PY = sys.executable
-EMAIL, PASSWORD = "root@example.com", "password123"
+from pbhost.pocketbase.hookfile import (
+    CURRENT,
+    DISABLED,
+    FAILED,
+    FOREIGN,
+    HOOK_NAME,
+    INSTALLED,
+    UPDATED,
+    hook_source,
+    install_hook,
+    revision,
+)
+from support import (
+    IDLE,
+    OUT_ERR,
+    PY,
+    PbhostRun,
+    Project,
+    http_json,
+    ints,
+    login,
+    pid_alive,
+    upsert_superuser,
+    user_token,
+    wait_for,
+)
 
 
 # -- helpers ---------------------------------------------------------------------------------
-def make_superuser(project: Project) -> None:
-    pb = find_binary(None, os.environ, Path.cwd())
-    subprocess.run([pb, "superuser", "upsert", EMAIL, PASSWORD, "--dir",
-                    str(project.root / "pb_data")], check=True, capture_output=True, timeout=30)
-
-
-def login(run: PbhostRun, collection: str = "_superusers", email: str = EMAIL) -> str:
-    status, body = http_json(f"{run.url}/api/collections/{collection}/auth-with-password",
-                             "POST", body={"identity": email, "password": PASSWORD})
-    assert status == 200, body
-    return body["token"]
-
-
-def user_token(run: PbhostRun, su: str) -> str:
-    email = "user@example.com"
-    status, body = http_json(f"{run.url}/api/collections/users/records", "POST", su,
-                             {"email": email, "password": PASSWORD, "passwordConfirm": PASSWORD})
-    assert status == 200, body
-    return login(run, "users", email)
-
-
 def pb_logs(run: PbhostRun, su: str, flt: str, per_page: int = 200) -> dict[str, Any]:
     """GET /api/logs; poll it with wait_for(..., interval=0.5): PocketBase writes in batches."""
     status, body = http_json(f"{run.url}/api/logs?perPage={per_page}&sort=-created"
                              f"&filter={quote(flt)}", token=su)
     assert status == 200, body
-    return body
+    logs: dict[str, Any] = body
+    return logs
 
 
 class StandIn:
@@ -116,7 +112,6 @@ def standin() -> Iterator[StandIn]:
 
 
 # -- /api/pm/* on PocketBase's port ------------------------------------------------------------
-AGENT = "import os, threading\nprint(f'pid={os.getpid()}', flush=True)\nthreading.Event().wait()\n"
 VOLATILE = ("uptime", "cpu", "memory")  # change from one call to the next
 
 
@@ -125,12 +120,12 @@ def steady(procs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def test_pm_routes_on_pocketbase_port_relay_the_control_api(project: Project) -> None:
-    make_superuser(project)
-    project.write("agent.py", AGENT)
+    upsert_superuser(project.root)
+    project.write("agent.py", IDLE)
     project.config([{"id": "ai-agent", "script": "agent.py", "interpreter": PY}])
     run = project.serve()
     run.wait_line("PocketBase hook answers", timeout=20)
-    first = int(run.wait_line("[ai-agent][STDOUT] pid=").rsplit("=", 1)[1])
+    first = ints(run.wait_line("[ai-agent][STDOUT] pid="), "pid")[0]
     su = login(run)
     user = user_token(run, su)
     api = f"http://127.0.0.1:{run.port + 1}"  # the control API's default address
@@ -166,7 +161,7 @@ def test_pm_routes_on_pocketbase_port_relay_the_control_api(project: Project) ->
 def test_pm_routes_forward_pbhost_token_and_answer_502_when_it_is_gone(
         project: Project, standin: StandIn) -> None:
     """Against a stand-in API (--api off; PocketBase inherits PBHOST_API_URL from pbhost)."""
-    make_superuser(project)
+    upsert_superuser(project.root)
     run = project.serve(pbhost_args=("--api", "off"), env={"PBHOST_API_URL": standin.url})
     run.wait_line("PocketBase hook answers", timeout=20)
     su = login(run)
@@ -187,14 +182,10 @@ def test_pm_routes_forward_pbhost_token_and_answer_502_when_it_is_gone(
 
 # -- the log bridge ----------------------------------------------------------------------------
 def test_sidecar_stderr_reaches_pocketbase_logs(project: Project) -> None:
-    make_superuser(project)
-    project.write("agent.py", """
-        import sys, threading, time
-        print("plain stdout line", flush=True)
-        print("agent failed: boom-7f3a", file=sys.stderr, flush=True)
-        threading.Event().wait()
-    """)
-    project.config([{"id": "ai-agent", "script": "agent.py", "interpreter": PY}])
+    upsert_superuser(project.root)
+    project.write("agent.py", OUT_ERR)
+    project.config([{"id": "ai-agent", "script": "agent.py", "interpreter": PY,
+                     "args": ["plain stdout line", "agent failed: boom-7f3a"]}])
     run = project.serve()
     run.wait_line("[ai-agent][STDERR] agent failed")
     su = login(run)
@@ -210,7 +201,7 @@ def test_sidecar_stderr_reaches_pocketbase_logs(project: Project) -> None:
 
 
 def test_last_lines_reach_pocketbase_before_it_stops(project: Project) -> None:
-    make_superuser(project)
+    upsert_superuser(project.root)
     project.write("agent.py", """
         import signal, sys, threading, time
         def bye(*_):
@@ -237,7 +228,7 @@ def test_last_lines_reach_pocketbase_before_it_stops(project: Project) -> None:
 
 
 def test_stdout_flood_is_rate_limited_and_reported(project: Project) -> None:
-    make_superuser(project)
+    upsert_superuser(project.root)
     flood = """
         import sys, threading, time
         for i in range(20000):
@@ -273,7 +264,7 @@ def test_stdout_flood_is_rate_limited_and_reported(project: Project) -> None:
 
 
 def test_log_route_accepts_only_pbhost(project: Project) -> None:
-    make_superuser(project)
+    upsert_superuser(project.root)
     run = project.serve()
     run.wait_line("PocketBase hook answers", timeout=20)
     su = login(run)
@@ -289,7 +280,7 @@ def test_log_route_accepts_only_pbhost(project: Project) -> None:
 
 # -- installing and probing --------------------------------------------------------------------
 def test_installing_twice_does_not_restart_pocketbase(project: Project) -> None:
-    make_superuser(project)
+    upsert_superuser(project.root)
     run = project.serve("--hooksDir", "hooks")
     run.wait_line("PocketBase hook answers", timeout=20)
     hooks = project.root / "hooks"
@@ -318,7 +309,7 @@ def test_installing_twice_does_not_restart_pocketbase(project: Project) -> None:
 
 
 def test_second_run_leaves_the_hook_file_alone(project: Project) -> None:
-    make_superuser(project)
+    upsert_superuser(project.root)
     run = project.serve(pbhost_args=("-v",))
     run.wait_line("PocketBase hook answers", timeout=20)
     path = project.root / "pb_hooks" / HOOK_NAME
@@ -332,7 +323,7 @@ def test_second_run_leaves_the_hook_file_alone(project: Project) -> None:
 
 @pytest.mark.parametrize("how", ["flag", "env"])
 def test_no_pb_hooks_writes_nothing(project: Project, how: str) -> None:
-    make_superuser(project)
+    upsert_superuser(project.root)
     project.write("pb_hooks/mine.pb.js", "// the user's own hook\n")
     args, env = (("--no-pb-hooks",), {}) if how == "flag" else ((), {"PBHOST_PB_HOOKS": "0"})
     run = project.serve(pbhost_args=args, env=env)
@@ -343,7 +334,7 @@ def test_no_pb_hooks_writes_nothing(project: Project, how: str) -> None:
 
 
 def test_broken_or_foreign_hook_file_is_reported_not_overwritten(project: Project) -> None:
-    make_superuser(project)
+    upsert_superuser(project.root)
     foreign = "routerAdd('GET', '/x', (e) => {  // someone else's, and broken\n"
     project.write("pb_hooks/pbhost.pb.js", foreign)
     run = project.serve()
@@ -355,7 +346,7 @@ def test_broken_or_foreign_hook_file_is_reported_not_overwritten(project: Projec
 
 
 def test_unwritable_hooks_dir_is_reported(project: Project) -> None:
-    make_superuser(project)
+    upsert_superuser(project.root)
     # A regular file where the hooks dir should be: not writable even for root.
     project.write("blocker", "not a dir\n")
     run = project.serve("--hooksDir", "blocker/hooks", wait_healthy=False)

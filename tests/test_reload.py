@@ -7,33 +7,26 @@ new process's pid. "Nothing happened" is a bounded wait past the debounce window
 from __future__ import annotations
 
 import os
-import re
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from support import PbhostRun, Project, pid_alive, wait_for
+from support import IDLE, PbhostRun, Project, inotify_fds, pid_alive, printed_pids, wait_for
 
-SIDECAR = """\
-import os, threading, time
-print(f"pid={os.getpid()}", flush=True)
-while True:
-    threading.Event().wait()
-"""
 QUIET = 2.0  # the 500 ms window plus a restart, with a margin for a busy machine
 
 
 def agent(project: Project, **extra: Any) -> PbhostRun:
-    project.write("agent/main.py", SIDECAR)
+    project.write("agent/main.py", IDLE)
     project.config([{"id": "ai-agent", "script": "./agent/main.py", "cwd": "./agent",
                      "devMode": True, **extra}])
     return project.serve()
 
 
 def pids(run: PbhostRun) -> list[int]:
-    return [int(m.group(1)) for m in re.finditer(r"\[ai-agent\]\[STDOUT\] pid=(\d+)", run.output())]
+    return printed_pids(run, "ai-agent")
 
 
 def wait_pid(run: PbhostRun, count: int, timeout: float = 15.0) -> int:
@@ -54,17 +47,7 @@ def stays(run: PbhostRun, count: int, seconds: float = QUIET) -> None:
 
 
 def edit(path: Path, note: str) -> None:
-    path.write_text(SIDECAR + f"# {note}\n")
-
-
-def inotify_fds(pid: int) -> int:
-    count = 0
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            count += os.readlink(f"/proc/{pid}/fd/{fd}") == "anon_inode:inotify"
-        except OSError:
-            pass
-    return count
+    path.write_text(IDLE + f"# {note}\n")
 
 
 def test_edit_restarts_once_with_a_new_pid(project: Project) -> None:
@@ -93,7 +76,7 @@ def test_twenty_writes_in_the_window_restart_once(project: Project) -> None:
 
 
 def test_dev_mode_off_watches_nothing(project: Project) -> None:
-    project.write("agent/main.py", SIDECAR)
+    project.write("agent/main.py", IDLE)
     project.config([{"id": "ai-agent", "script": "./agent/main.py", "cwd": "./agent"}])
     run = project.serve()
     old = wait_pid(run, 1)
@@ -108,7 +91,7 @@ def test_atomic_rename_save_triggers(project: Project) -> None:
     wait_pid(run, 1)
     main_py = project.root / "agent" / "main.py"
     tmp = main_py.with_name(".main.py.tmp42")
-    tmp.write_text(SIDECAR + "# atomic\n")
+    tmp.write_text(IDLE + "# atomic\n")
     os.replace(tmp, main_py)
     wait_pid(run, 2)
     lines = reload_lines(run)

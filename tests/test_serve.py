@@ -6,42 +6,28 @@ import os
 import re
 import signal
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pexpect
-import pytest
 
-from support import ROOT, Project, free_port, pbhost_env, pid_alive, wait_for
-
-PY = sys.executable
-
-# A sidecar that says who it is, spawns a grandchild in its group, and waits for a signal.
-FAMILY = """
-    import os, signal, subprocess, sys
-    kid = subprocess.Popen([sys.executable, "-c", "import signal; signal.pause()"])
-    print(f"pid={os.getpid()} kid={kid.pid}", flush=True)
-    signal.pause()
-"""
-
-# A sidecar that ignores these signals (by name), says its pid, and waits for a signal.
-STUBBORN = """
-    import os, signal
-    for name in {names!r}:
-        signal.signal(getattr(signal, name), signal.SIG_IGN)
-    print(f"pid={{os.getpid()}}", flush=True)
-    while True:
-        signal.pause()
-"""
+from support import (
+    FAMILY,
+    IDLE,
+    PY,
+    STUBBORN,
+    PbhostRun,
+    Project,
+    free_port,
+    ints,
+    pbhost_env,
+    pid_alive,
+    printed_pids,
+    started_pid,
+)
 
 
-def pids_from(run, needle: str = "pid=") -> list[int]:
-    return [int(m.group(1)) for m in re.finditer(r"pid=(\d+)", run.output())]
-
-
-def spawn_times(run) -> list[float]:
+def spawn_times(run: PbhostRun) -> list[float]:
     return [float(m.group(1)) for m in re.finditer(r"t=([\d.]+)", run.output())]
 
 
@@ -51,7 +37,7 @@ def test_sidecar_starts_with_pocketbase_and_its_pid_is_known(project: Project) -
                      "interpreter": PY}])
     run = project.serve()
     line = run.wait_line("[ai-agent][STDOUT] pid=")
-    pid = int(re.search(r"pid=(\d+)", line).group(1))
+    pid = ints(line, "pid")[0]
     assert pid_alive(pid)
     assert f"ai-agent: started (pid {pid}, {PY})" in run.output()
     # PocketBase came first: its start line precedes the sidecar's.
@@ -66,9 +52,8 @@ def test_sigterm_leaves_no_survivor_grandchildren_included(project: Project) -> 
                     {"id": "b", "script": "b.py", "interpreter": PY}])
     run = project.serve()
     found = [run.wait_line(f"[{i}][STDOUT] pid=") for i in "ab"]
-    family = [int(x) for ln in found for x in re.findall(r"=(\d+)", ln)]
-    pb_pid = int(re.search(r"pocketbase: started \(pid (\d+)\)", run.output()).group(1))
-    family.append(pb_pid)
+    family = [pid for ln in found for pid in ints(ln)]
+    family.append(started_pid(run.output()))
     assert all(pid_alive(p) for p in family)
     run.signal(signal.SIGTERM)
     assert run.wait_exit() == 0
@@ -76,29 +61,29 @@ def test_sigterm_leaves_no_survivor_grandchildren_included(project: Project) -> 
 
 
 def test_crashed_sidecar_is_restarted(project: Project) -> None:
-    project.write("s.py", "import os, signal\nprint(f'pid={os.getpid()}', flush=True)\n"
-                          "signal.pause()\n")
+    project.write("s.py", IDLE)
     project.config([{"id": "s", "script": "s.py", "interpreter": PY}])
     run = project.serve()
     run.wait_line("[s][STDOUT] pid=")
-    first = pids_from(run)[0]
+    first = printed_pids(run, "s")[0]
     os.kill(first, signal.SIGKILL)
     run.wait_line("[s][STDOUT] pid=", count=2)
-    second = pids_from(run)[1]
+    second = printed_pids(run, "s")[1]
     assert second != first and pid_alive(second) and not pid_alive(first)
     assert "killed by SIGKILL" in run.output()
 
 
 def test_quick_exits_back_off_1_2_4_then_give_up(project: Project) -> None:
-    project.write("q.py", "import time\nprint(f't={time.time()}', flush=True)\nraise SystemExit(3)\n")
+    project.write("q.py", "import time\nprint(f't={time.time()}', flush=True)\n"
+                          "raise SystemExit(3)\n")
     project.config([{"id": "q", "script": "q.py", "interpreter": PY, "maxRetries": 4}])
     run = project.serve()
     run.wait_line("q: giving up after 4 quick failures", timeout=20)
     times = spawn_times(run)
     assert len(times) == 4
-    gaps = [b - a for a, b in zip(times, times[1:])]
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
     assert gaps[0] < gaps[1] < gaps[2]
-    for gap, want in zip(gaps, (1.0, 2.0, 4.0)):
+    for gap, want in zip(gaps, (1.0, 2.0, 4.0), strict=True):
         assert want - 0.05 <= gap <= want + 1.5, gaps
     assert "exited with code 3" in run.output()
     assert run.healthy()  # PocketBase is unaffected
@@ -112,7 +97,7 @@ def test_healthy_run_restarts_at_once_and_resets_the_count(project: Project) -> 
     run = project.serve(env={"PBHOST_HEALTHY_SECONDS": "1"})
     run.wait_line("[h][STDOUT] t=", count=3, timeout=20)
     times = spawn_times(run)
-    gaps = [b - a for a, b in zip(times, times[1:])]
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
     assert all(g < 1.2 + 0.8 for g in gaps), gaps  # never a backoff second on top
     # maxRetries 1 would have crashed it at the first failure: the count was reset each time.
     assert "giving up" not in run.output()
@@ -144,12 +129,12 @@ def test_strict_makes_a_broken_config_fatal(project: Project) -> None:
 
 
 def test_child_ignoring_sigterm_is_killed_after_stop_timeout(project: Project) -> None:
-    project.write("stubborn.py", STUBBORN.format(names=["SIGTERM"]))
+    project.write("stubborn.py", STUBBORN)
     project.config([{"id": "stubborn", "script": "stubborn.py", "interpreter": PY,
-                     "stopTimeout": "1s"}])
+                     "args": ["SIGTERM"], "stopTimeout": "1s"}])
     run = project.serve()
     run.wait_line("[stubborn][STDOUT] pid=")
-    pid = pids_from(run)[0]
+    pid = printed_pids(run, "stubborn")[0]
     started = time.monotonic()
     run.signal(signal.SIGTERM)
     assert run.wait_exit() == 0
@@ -240,12 +225,12 @@ def test_missing_pocketbase_binary_is_a_clear_message(project: Project) -> None:
 
 
 def test_second_sigint_kills_everything_at_once(project: Project) -> None:
-    project.write("stubborn.py", STUBBORN.format(names=["SIGTERM", "SIGINT"]))
+    project.write("stubborn.py", STUBBORN)
     project.config([{"id": "stubborn", "script": "stubborn.py", "interpreter": PY,
-                     "stopTimeout": "60s"}])
+                     "args": ["SIGTERM", "SIGINT"], "stopTimeout": "60s"}])
     run = project.serve()
     run.wait_line("[stubborn][STDOUT] pid=")
-    pid = pids_from(run)[0]
+    pid = printed_pids(run, "stubborn")[0]
     run.signal(signal.SIGINT)
     run.wait_line("SIGINT received")
     run.signal(signal.SIGINT)
@@ -258,11 +243,13 @@ def test_ctrl_c_in_a_terminal_stops_everything(tmp_path: Path) -> None:
     project.write("s.py", FAMILY)
     project.config([{"id": "s", "script": "s.py", "interpreter": PY}])
     port = free_port()
-    child = pexpect.spawn(PY, ["-m", "pbhost", "serve", "--http", f"127.0.0.1:{port}"],
-                          cwd=str(tmp_path), env=pbhost_env(), timeout=20)
+    child: pexpect.spawn[bytes] = pexpect.spawn(
+        PY, ["-m", "pbhost", "serve", "--http", f"127.0.0.1:{port}"], cwd=str(tmp_path),
+        env=pbhost_env(), timeout=20)
     try:
         # On a terminal the id is coloured: `\x1b[..m[s]\x1b[0m[STDOUT] ...`.
         child.expect(r"\[s\](?:\x1b\[0m)?\[STDOUT\] pid=(\d+) kid=(\d+)")
+        assert isinstance(child.match, re.Match)
         pids = [int(child.match.group(1)), int(child.match.group(2))]
         child.sendcontrol("c")
         child.expect(pexpect.EOF)

@@ -3,18 +3,28 @@ way out of start-up still leaves no PocketBase behind."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from support import Project, free_port, pbhost_env, pid_alive, wait_for
-from pbhost.startup import prespawn
 from pbhost.cli.commands import cli
 from pbhost.options import OPTIONS, Options, by_name
+from pbhost.startup import prespawn
+from support import (
+    PY,
+    Project,
+    free_port,
+    pbhost_process,
+    pid_alive,
+    pids_running,
+    proc_environ,
+    run_pbhost,
+    started_pid,
+    wait_for,
+)
 
 # Stands in for the pocketbase binary where a test must know its pid at once: it records its
 # pid, starts a child in its group, and waits (exec keeps the pid) until signalled.
@@ -35,30 +45,10 @@ def recorded_pids(fake: Path) -> list[int]:
     return [int(p) for p in pids_file.read_text().split()] if pids_file.exists() else []
 
 
-def run_pbhost(project: Project, *args: str, env: dict[str, str] | None = None,
-               timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pbhost", *args], cwd=project.root,
-                          env=pbhost_env(**(env or {})), capture_output=True, text=True,
-                          timeout=timeout)
-
-
-def processes_mentioning(text: str) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-            except OSError:
-                continue
-            if text.encode() in cmdline and pid_alive(int(entry)):
-                found.append(int(entry))
-    return found
-
-
 def test_option_click_refuses_after_the_early_spawn_stops_that_pocketbase(
         project: Project) -> None:
     fake = fake_pocketbase(project)
-    res = run_pbhost(project, "--pocketbase", str(fake), "--log-format", "xml", "serve")
+    res = run_pbhost(project.root, "--pocketbase", str(fake), "--log-format", "xml", "serve")
     assert res.returncode == 2
     assert "Invalid value for '--log-format'" in res.stderr
     assert "Traceback" not in res.stderr
@@ -69,17 +59,17 @@ def test_option_click_refuses_after_the_early_spawn_stops_that_pocketbase(
 
 def test_refused_option_leaves_no_real_pocketbase(project: Project) -> None:
     data = project.root / "refused_option_data"
-    res = run_pbhost(project, "--log-format", "xml", "serve", "--http",
+    res = run_pbhost(project.root, "--log-format", "xml", "serve", "--http",
                      f"127.0.0.1:{free_port()}", "--dir", str(data))
     assert res.returncode == 2
     assert "Invalid value for '--log-format'" in res.stderr
-    wait_for(lambda: not processes_mentioning(str(data)), 5, "no pocketbase left")
+    wait_for(lambda: not pids_running(str(data)), 5, "no pocketbase left")
 
 
 def test_strict_refuses_a_broken_file_before_pocketbase_starts(project: Project) -> None:
     fake = fake_pocketbase(project)
     project.write("pb_processes.json", '[{"id": "a", "scrpit": "a.py"}]')
-    res = run_pbhost(project, "--strict", "--pocketbase", str(fake), "serve")
+    res = run_pbhost(project.root, "--strict", "--pocketbase", str(fake), "serve")
     assert res.returncode == 2
     assert "pb_processes.json" in res.stderr and "scrpit" in res.stderr
     assert "Traceback" not in res.stderr
@@ -89,24 +79,18 @@ def test_strict_refuses_a_broken_file_before_pocketbase_starts(project: Project)
 def test_strict_from_the_environment_also_checks_first(project: Project) -> None:
     fake = fake_pocketbase(project)
     project.write("pb_processes.json", "[{")
-    res = run_pbhost(project, "--pocketbase", str(fake), "serve", env={"PBHOST_STRICT": "yes"})
+    res = run_pbhost(project.root, "--pocketbase", str(fake), "serve", env={"PBHOST_STRICT": "yes"})
     assert res.returncode == 2
     assert recorded_pids(fake) == []
 
 
 def test_sigterm_during_startup_stops_pocketbase_and_exits_0(project: Project) -> None:
     fake = fake_pocketbase(project)
-    proc = subprocess.Popen([sys.executable, "-m", "pbhost", "--pocketbase", str(fake), "serve"],
-                            cwd=project.root, env=pbhost_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    try:
+    with pbhost_process(project.root, "--pocketbase", str(fake), "serve",
+                        stdout=subprocess.DEVNULL) as proc:
         pids = wait_for(lambda: recorded_pids(fake), 10, "the early PocketBase's pid file")
         proc.send_signal(signal.SIGTERM)  # most likely while pbhost is still importing
         _, err = proc.communicate(timeout=20)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == 0, err
     assert "Traceback" not in err
     wait_for(lambda: not any(pid_alive(p) for p in pids), 5, "the PocketBase group gone")
@@ -123,19 +107,13 @@ while :; do sleep 0.1; done
 
 def test_second_ctrl_c_during_startup_kills_at_once_without_traceback(project: Project) -> None:
     fake = project.write("fakepb", SLOW_STOP_PB, mode=0o755)
-    proc = subprocess.Popen([sys.executable, "-m", "pbhost", "--pocketbase", str(fake), "serve"],
-                            cwd=project.root, env=pbhost_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    try:
+    with pbhost_process(project.root, "--pocketbase", str(fake), "serve",
+                        stdout=subprocess.DEVNULL) as proc:
         pids = wait_for(lambda: recorded_pids(fake), 10, "the early PocketBase's pid file")
         proc.send_signal(signal.SIGINT)  # most likely while pbhost is still importing
         wait_for(Path(f"{fake}.term").exists, 10, "PocketBase asked to stop")
         proc.send_signal(signal.SIGINT)  # while pbhost waits for it to stop
         _, err = proc.communicate(timeout=4)  # well before the 5 s stop timeout
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == 130, err
     assert "Traceback" not in err
     wait_for(lambda: not any(pid_alive(p) for p in pids), 5, "the PocketBase group gone")
@@ -145,11 +123,10 @@ def test_served_pocketbase_is_the_early_one(project: Project) -> None:
     """The host adopts the child the fast path spawned instead of starting a second one."""
     run = project.serve(pbhost_args=("-v",))
     run.wait_line("PocketBase was spawned before click and asyncio were imported")
-    line = run.wait_line("pocketbase: started (pid")
-    pid = int(line.rsplit("pid ", 1)[1].rstrip(")"))
+    pid = started_pid(run.wait_line("pocketbase: started (pid"))
     assert pid_alive(pid)
     assert run.output().count("pocketbase: started") == 1
-    assert len(processes_mentioning(f"127.0.0.1:{run.port}")) == 2  # pbhost and PocketBase
+    assert len(pids_running(f"127.0.0.1:{run.port}")) == 2  # pbhost and PocketBase
 
 
 # -- the quick reading of argv ------------------------------------------------------------
@@ -162,7 +139,8 @@ def test_served_pocketbase_is_the_early_one(project: Project) -> None:
      ("x.json", None, True, ["-v"])),
     (["--api", "off", "--log-format", "json", "--timestamps", "serve"], (None, None, False, [])),
 ])
-def test_parse_early_reads_what_decides_the_spawn(argv: list[str], expected: tuple) -> None:
+def test_parse_early_reads_what_decides_the_spawn(
+        argv: list[str], expected: tuple[str | None, str | None, bool, list[str]]) -> None:
     parsed = prespawn.parse_early(argv, {})
     assert parsed is not None
     opts, serve_args = parsed
@@ -220,7 +198,8 @@ def test_options_value_class_has_a_field_per_declared_option() -> None:
     assert set(params) - {"self"} == {opt.field for opt in OPTIONS} == set(Options.__slots__)
     assert {name: p.default for name, p in params.items() if name != "self"} == \
         {opt.field: opt.default for opt in OPTIONS}
-    assert Options() == Options(**{opt.field: opt.default for opt in OPTIONS})  # type: ignore[arg-type]
+    defaults: dict[str, Any] = {opt.field: opt.default for opt in OPTIONS}  # each its own type
+    assert Options() == Options(**defaults)
 
 
 def test_early_pocketbase_gets_the_runs_environment(project: Project) -> None:
@@ -231,13 +210,10 @@ def test_early_pocketbase_gets_the_runs_environment(project: Project) -> None:
         print("run=" + os.environ["PBHOST_RUN_ID"], flush=True)
         threading.Event().wait()
     """)
-    project.config([{"id": "env", "script": "env.py", "interpreter": sys.executable}])
+    project.config([{"id": "env", "script": "env.py", "interpreter": PY}])
     run = project.serve(env={"NOTIFY_SOCKET": "@pbhost-test-none"})
     run_id = run.wait_line("[env][STDOUT] run=").rsplit("=", 1)[1]
-    line = run.wait_line("pocketbase: started (pid")
-    pb_pid = int(line.split("(pid ", 1)[1].split(")")[0].split(",")[0])
-    pb_env = dict(item.split("=", 1) for item in
-                  Path(f"/proc/{pb_pid}/environ").read_text().split("\0") if "=" in item)
+    pb_env = proc_environ(started_pid(run.wait_line("pocketbase: started (pid")))
     assert pb_env.get("PBHOST_RUN_ID") == run_id
     assert "NOTIFY_SOCKET" not in pb_env
     assert pb_env.get("PBHOST_API_URL") == f"http://127.0.0.1:{run.port + 1}"

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from pbhost.process.state import (ALLOWED, BACKOFF_CAP, ProcessState, backoff_delay, can_move,
-                          gives_up)
+from pbhost.process.state import (
+    ALLOWED,
+    BACKOFF_CAP,
+    ProcessState,
+    backoff_delay,
+    can_move,
+    gives_up,
+)
 
 
 def test_backoff_doubles_from_the_base() -> None:

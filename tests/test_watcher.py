@@ -17,6 +17,7 @@ from typing import Any, Awaitable, Callable, Sequence
 import pytest
 
 from pbhost.dev.watcher import IgnoreFilter, Watcher
+from support import inotify_fds
 
 DEBOUNCE = 0.2
 QUIET = DEBOUNCE + 0.5  # past the window plus a margin for a busy machine
@@ -38,7 +39,8 @@ class Recorder:
         try:
             await asyncio.wait_for(self._event.wait(), timeout)
         except asyncio.TimeoutError:
-            raise AssertionError(f"no change reported within {timeout}s; calls: {self.calls}")
+            raise AssertionError(
+                f"no change reported within {timeout}s; calls: {self.calls}") from None
         self._event.clear()
         return self.calls[-1]
 
@@ -286,10 +288,6 @@ def test_watch_limit_falls_back_to_polling(tree: Path, monkeypatch: pytest.Monke
 
 
 def test_close_leaves_no_fd_and_no_timer(tree: Path) -> None:
-    def inotify_fds() -> int:
-        fds = os.listdir("/proc/self/fd")
-        return sum(1 for fd in fds if _readlink(f"/proc/self/fd/{fd}") == "anon_inode:inotify")
-
     before = inotify_fds()
 
     async def scenario(w: Watcher, rec: Recorder) -> None:
@@ -298,13 +296,6 @@ def test_close_leaves_no_fd_and_no_timer(tree: Path) -> None:
         await asyncio.sleep(0)
     run(tree, scenario)
     assert inotify_fds() == before
-
-
-def _readlink(path: str) -> str:
-    try:
-        return os.readlink(path)
-    except OSError:
-        return ""
 
 
 def test_ignore_filter_matches_components_and_relative_paths() -> None:
