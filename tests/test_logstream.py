@@ -23,8 +23,7 @@ import pytest
 
 from pbhost.errors import UnknownProcess
 from pbhost.logs.lines import MARKER, MAX_LINE, LineSplitter
-from pbhost.logs.render import id_color
-from pbhost.logs.render import want_color
+from pbhost.logs.render import id_color, want_color
 from pbhost.logs.stream import LogRecord, LogStream, LogStreamHandler
 
 PY = sys.executable

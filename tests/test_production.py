@@ -451,10 +451,9 @@ def test_systemd_unit_verifies(project: Project, tmp_path: Path) -> None:
 def test_systemd_unit_spells_out_every_option_given(project: Project) -> None:
     """Options given as flags or PBHOST_* variables reach the unit, the off-switches too."""
     project.config([], name="procs.json")
-    made = subprocess.run([PY, "-m", "pbhost", "--color", "--api", "127.0.0.1:9999", "-c",
-                           "procs.json", "systemd-unit"], cwd=project.root,
-                          env=pbhost_env(PBHOST_PB_HOOKS="0", PBHOST_TIMESTAMPS="1"),
-                          capture_output=True, text=True, check=True)
+    made = run_pbhost(project.root, "--color", "--api", "127.0.0.1:9999", "-c", "procs.json",
+                      "systemd-unit", env={"PBHOST_PB_HOOKS": "0", "PBHOST_TIMESTAMPS": "1"})
+    assert made.returncode == 0, made.stderr
     exec_start = next(ln for ln in made.stdout.splitlines() if ln.startswith("ExecStart="))
     args = exec_start.split()
     assert {"--color", "--no-pb-hooks", "--timestamps"} <= set(args)
