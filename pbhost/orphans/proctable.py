@@ -9,6 +9,12 @@ import os
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
+try:
+    CLK_TCK = os.sysconf("SC_CLK_TCK")   # the unit of start, cpu_ticks
+    PAGE = os.sysconf("SC_PAGE_SIZE")    # the unit of rss_pages
+except (AttributeError, ValueError, OSError):  # not POSIX enough: nothing is read anyway
+    CLK_TCK, PAGE = 100, 4096
+
 
 @dataclass(frozen=True)
 class ProcInfo:
