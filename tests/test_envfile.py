@@ -15,17 +15,15 @@ import pytest
 from pbhost.config.envfile import EnvFileError, read_env_files
 from pbhost.config.loader import ProcessSpec, load_config
 from pbhost.errors import ConfigError
+from pbhost.pocketbase.binary import PocketBaseInfo
 from pbhost.process.launch import prepare_launch, resolve_env
-
 from support import pbhost_env
 
 SECRET = "sk-live-7f3a9c1e5b"
 
 
-class PB:
-    url = "http://127.0.0.1:8090"
-    port = 8090
-    data_dir = Path("/srv/app/pb_data")
+PB = PocketBaseInfo("http://127.0.0.1:8090", "127.0.0.1", 8090, Path("/srv/app/pb_data"),
+                    Path("/srv/app/pb_hooks"))
 
 
 def env_file(tmp_path: Path, text: str, name: str = ".env") -> Path:
@@ -177,7 +175,7 @@ def test_precedence_pbhost_env_then_files_then_injected_then_env(tmp_path: Path)
     spec = load(tmp_path, envFile=[".env", ".env.local"],
                 env={"KEY": "env:${KEY}", "DSN": "${FILE_ONLY}:${HOME}", "PB_PORT": "1"})
     base = {"HOME": "/home/u", "LAYER": "pbhost", "PATH": "/usr/bin"}
-    _, env, _ = prepare_launch(spec, base, PB())
+    _, env, _ = prepare_launch(spec, base, PB)
     assert env["LAYER"] == "second-file"           # a file over pbhost's env; the later file
     assert env["HOME"] == "/file"
     assert env["PB_URL"] == "http://127.0.0.1:8090"  # what pbhost injects over a file

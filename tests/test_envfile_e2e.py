@@ -12,8 +12,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from support import PbhostRun, Project, free_port, http_json, pbhost_env, wait_for
 from pbhost.pocketbase.binary import find_binary
+from support import PbhostRun, Project, free_port, http_json, pbhost_env, wait_for
 
 PY = sys.executable
 EMAIL, PASSWORD = "root@example.com", "password123"

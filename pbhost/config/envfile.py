@@ -16,20 +16,21 @@ from __future__ import annotations
 import io
 import re
 from collections import ChainMap
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, NamedTuple, Sequence
 
 if TYPE_CHECKING:
     from dotenv.parser import Binding, Original
 
-_NEWLINE = re.compile(r"\r\n|\n|\r")
-_CLOSED = {"'": re.compile(r"'(?:\\.|[^'\\])*'", re.S), '"': re.compile(r'"(?:\\.|[^"\\])*"', re.S)}
+# Patterns as strings: `re` compiles them on first use, which is only when a file has a problem.
+_NEWLINE = r"\r\n|\n|\r"
+_CLOSED = {"'": r"(?s)'(?:\\.|[^'\\])*'", '"': r'(?s)"(?:\\.|[^"\\])*"'}
 NO_EQUALS = "a name without '=' (write NAME=VALUE, or NAME= for an empty value)"
 
 
-@dataclass(frozen=True)
-class EnvProblem:
+class EnvProblem(NamedTuple):
+    # A NamedTuple, not a dataclass: this module loads on `pbhost serve`'s path, and making a
+    # dataclass costs a millisecond there.
     path: Path
     reason: str
     line: int | None = None  # None: the file as a whole (missing, unreadable)
@@ -118,7 +119,7 @@ def _line(original: Original) -> int:
     precede it."""
     text = original.string
     lead = len(text) - len(text.lstrip())
-    return original.line + len(_NEWLINE.findall(text, 0, lead))
+    return original.line + len(re.findall(_NEWLINE, text[:lead]))
 
 
 def _why(text: str) -> str:
@@ -138,10 +139,10 @@ def _why(text: str) -> str:
     value = value.lstrip()
     quote = value[:1]
     if quote in _CLOSED:
-        closed = _CLOSED[quote].match(value)
+        closed = re.match(_CLOSED[quote], value)
         if closed is None:
             return f"the value's opening quote ({quote}) is never closed"
-        lines = len(_NEWLINE.findall(closed.group(0)))
+        lines = len(re.findall(_NEWLINE, closed.group(0)))
         if lines:  # the quote closed further down, and text follows it there
             return (f"the quoted value opened here closes {lines} line{'s' if lines > 1 else ''}"
                     f" below, with text after it (a closing {quote} missing here?)")

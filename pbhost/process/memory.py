@@ -4,7 +4,9 @@ process through its supervisor (`Supervisor.recycle`: the normal graceful stop).
 
 A Companion that serve.py adds only when some process sets maxMemory: without a limit nothing
 samples and nothing wakes up. With limits, one /proc scan per tick serves all of them
-(orphans/trees.py), and none at all while no limited process is running.
+(orphans/trees.py), and none at all while no limited process is running. When a process goes
+over its limit, one more sample is taken exactly when its sustain window ends, so the restart
+does not wait for the next tick (up to a second later).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class MemoryWatch(Companion):
         self._timer: asyncio.TimerHandle | None = None
         self._runs: dict[str, tuple[int, RunWatch]] = {}   # id -> (pid of the run, its watch)
         self._acting: dict[str, asyncio.Task[int | None]] = {}
+        self._window_ends: dict[str, tuple[float, asyncio.TimerHandle]] = {}
 
     # -- Companion ------------------------------------------------------------------------
     def started(self, host: HostView) -> None:
@@ -49,6 +52,9 @@ class MemoryWatch(Companion):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        for _, handle in self._window_ends.values():
+            handle.cancel()
+        self._window_ends.clear()
         self._host = None  # the stops under way finish; nothing new is started
 
     # -- sampling -------------------------------------------------------------------------
@@ -70,15 +76,34 @@ class MemoryWatch(Companion):
         self._runs = {i: r for i, r in self._runs.items() if i in limited}
         if not limited:
             return
+        now = self._clock()
         trees = self._scanner.scan({proc_id: sup.pid for proc_id, sup in limited.items()
                                     if sup.pid is not None})
-        now = self._clock()
         for proc_id, sup in limited.items():
             rss = sum(p.rss_pages for p in trees.get(proc_id, ())) * PAGE
             pid, watch = self._run(host, sup)
             breach = watch.observe(now, rss)
             if breach is not None:
                 self._act(sup, pid, breach)
+            elif watch.over_since is not None:
+                self._sample_at(proc_id, watch.over_since + watch.window)
+            elif proc_id in self._window_ends:
+                self._window_ends.pop(proc_id)[1].cancel()  # back under: the window is off
+
+    def _sample_at(self, proc_id: str, when: float) -> None:
+        """One more sample when `proc_id`'s window ends (once per stretch over the limit)."""
+        pending = self._window_ends.get(proc_id)
+        if pending is not None and pending[0] == when:
+            return
+        if pending is not None:
+            pending[1].cancel()
+        delay = max(0.0, when - self._clock())
+        handle = asyncio.get_running_loop().call_later(delay, self._window_end, proc_id)
+        self._window_ends[proc_id] = (when, handle)
+
+    def _window_end(self, proc_id: str) -> None:
+        self._window_ends.pop(proc_id, None)
+        self.sample()
 
     def _run(self, host: HostView, sup: Supervisor) -> tuple[int, RunWatch]:
         """The watch of the current run: a new run starts with a clean window."""
