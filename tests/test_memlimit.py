@@ -150,3 +150,16 @@ def test_misspelt_and_pointless_keys(tmp_path: Path) -> None:
     cfg = load_config(config(tmp_path, maxMemoryFor="5s"), {})
     assert cfg.warnings == ('process "ai-agent": "maxMemoryFor" has no effect without '
                             '"maxMemory"',)
+
+
+def test_ls_shows_memory_against_the_limit() -> None:
+    from pbhost.cli.views import table
+    procs = [{"id": "pocketbase", "pid": 10, "status": "running", "uptime": 5, "cpu": 0.1,
+              "memory": 30 * MIB, "memoryLimit": None},
+             {"id": "ai-agent", "pid": 11, "status": "running", "uptime": 5, "cpu": 1.0,
+              "memory": 88 * MIB, "memoryLimit": 512 * MIB},
+             {"id": "big", "pid": 12, "status": "running", "uptime": 5, "cpu": 0.0,
+              "memory": 3 << 29, "memoryLimit": 3 << 30},
+             {"id": "off", "pid": None, "status": "stopped", "memoryLimit": 512 * MIB}]
+    rows = [line.split("  ")[-1].strip() for line in table(procs).splitlines()[1:]]
+    assert rows == ["30.0 MiB", "88.0 MiB / 512 MiB", "1.5 GiB / 3 GiB", "-"]
