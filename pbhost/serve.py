@@ -74,6 +74,13 @@ async def _serve(opts: Options, serve_args: list[str], cwd: Path, stream: LogStr
     if any(spec.dev_mode for spec in processes):
         from pbhost.dev.reload import DevReload  # no watcher code at all without devMode
         companions.append(DevReload(cwd))
+    if any(spec.max_memory is not None for spec in processes):
+        from pbhost.process.memory import MemoryWatch  # no sampling at all without a limit
+        companions.append(MemoryWatch())
+    if any(spec.env_files for spec in processes):
+        # python-dotenv (the envFile parser) loads now, while PocketBase starts, rather than
+        # in front of the first sidecar's spawn.
+        import dotenv.parser  # noqa: F401
     host = Host(settings, stream, notifier=notifier,
                 ledger=Ledger(start.pb.data_dir, start.run_id), companions=companions)
     api_task = (asyncio.get_running_loop().create_task(_serve_api(host, start.api, start.token))

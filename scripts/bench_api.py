@@ -6,7 +6,8 @@
 2. POST /api/pm/{id}/restart: time from the old process being gone (polled in /proc every
    0.5 ms by a thread) to the answer carrying the new pid. Goal: <= 50 ms. The whole request
    (SIGTERM, exit, reap, spawn) is shown as well.
-3. The /proc scan behind cpu/memory (all pids on this machine, done at most once a second).
+3. The /proc scan behind cpu/memory (the trees of all 10 processes among every pid on this
+   machine, done at most once a second).
 
     python scripts/bench_api.py [--quick] [--json FILE]
 
@@ -31,7 +32,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pbhost.control.stats import scan_groups  # noqa: E402
+from pbhost.orphans.trees import TreeScanner  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "scripts"))
 from benchkit import free_port  # noqa: E402
@@ -137,11 +138,12 @@ def bench_restart(host: Pbhost, runs: int) -> dict[str, Any]:
     return {"after_gone": _stats(after_gone), "total": _stats(total)}
 
 
-def bench_scan(pgids: set[int], n: int = 200) -> dict[str, Any]:
+def bench_scan(roots: dict[str, int], pbhost_pid: int, n: int = 200) -> dict[str, Any]:
     times = []
+    scanner = TreeScanner(me=pbhost_pid)
     for _ in range(n):
         t0 = time.perf_counter()
-        scan_groups(pgids)
+        scanner.scan(roots)
         times.append((time.perf_counter() - t0) * 1000)
     return {**_stats(times), "pids": sum(1 for x in os.listdir("/proc") if x.isdigit())}
 
@@ -152,8 +154,8 @@ def run(quick: bool) -> dict[str, Any]:
         try:
             lst = bench_list(host, 500 if quick else 2000)
             restart = bench_restart(host, 5 if quick else 11)
-            pgids = {p["pid"] for p in host.call("GET", "/api/pm/list")}
-            scan = bench_scan(pgids)
+            roots = {p["id"]: p["pid"] for p in host.call("GET", "/api/pm/list")}
+            scan = bench_scan(roots, host.proc.pid)
         finally:
             host.close()
     rows = [

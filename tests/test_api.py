@@ -83,7 +83,8 @@ def test_list_shows_every_process_pocketbase_first(shared: Api) -> None:
     assert [p["id"] for p in procs] == ["pocketbase", "ticker", "quiet"]
     for p in procs:
         assert set(p) == {"id", "pid", "status", "startTime", "uptime", "restartCount",
-                          "lastError", "cpu", "memory", "devMode", "interpreter"}
+                          "lastError", "cpu", "memory", "memoryLimit", "devMode", "interpreter"}
+        assert p["memoryLimit"] is None  # no maxMemory set
         assert p["status"] == "running" and pid_alive(p["pid"])
         assert p["uptime"] > 0 and re.fullmatch(r"\d{4}-\d\d-\d\dT[\d:.]+Z", p["startTime"])
         assert p["memory"] > 1 << 20 and p["cpu"] >= 0 and p["lastError"] is None

@@ -11,6 +11,7 @@ import pytest
 from pbhost.config.keys import parse_duration
 from pbhost.config.loader import LoadedConfig, ProcessSpec, find_config, load_config
 from pbhost.errors import ConfigError
+from pbhost.process.launch import resolve_env
 from support import run_pbhost
 
 
@@ -61,9 +62,12 @@ def test_seed_example_from_the_spec(root: Path) -> None:
     assert cfg.path == root / "pb_processes.json"
     assert first == ProcessSpec(
         id="ai-agent", script=root / "agent" / "main.py", command=None, args=(),
-        cwd=root / "agent", env={"PORT": "8001", "OPENAI_API_KEY": "sk-test"},
+        cwd=root / "agent", env={"PORT": "8001", "OPENAI_API_KEY": "${OPENAI_API_KEY}"},
         interpreter="auto", max_retries=5, backoff=1.0, dev_mode=True,
         watch_paths=(root / "agent",))
+    # ${VAR} is expanded at each start, against pbhost's environment (and envFile values).
+    assert resolve_env(first, {"OPENAI_API_KEY": "sk-test"}).env == {
+        "PORT": "8001", "OPENAI_API_KEY": "sk-test"}
     assert second.command == "npm" and second.args == ("run", "start")
     assert second.cwd == root / "parser-service" and second.script is None
     assert cfg.warnings == ()
@@ -132,14 +136,15 @@ def test_env_expansion(root: Path) -> None:
         "A": "${KEY}", "B": "${MISSING:-fallback}", "C": "${EMPTY:-used-when-empty}",
         "D": "postgres://${HOST}:${PORT:-5432}/x", "E": "cost $$5", "F": "plain $HOME",
         "G": "${KEY:-not-used}"})], environ).processes
-    assert dict(spec.env) == {"A": "sk-1", "B": "fallback", "C": "used-when-empty",
+    assert resolve_env(spec, environ).env == {"A": "sk-1", "B": "fallback", "C": "used-when-empty",
                               "D": "postgres://db:5432/x", "E": "cost $5", "F": "plain $HOME",
                               "G": "sk-1"}
 
 
 def test_unset_variable_becomes_empty_with_a_warning(root: Path) -> None:
     cfg = load(root, [agent(env={"OPENAI_API_KEY": "${OPENAI_API_KEY}"})], {})
-    assert cfg.processes[0].env["OPENAI_API_KEY"] == ""
+    own = resolve_env(cfg.processes[0], {})
+    assert own.env["OPENAI_API_KEY"] == "" and own.unset == (("OPENAI_API_KEY", "OPENAI_API_KEY"),)
     assert cfg.warnings == ('process "ai-agent": env OPENAI_API_KEY refers to ${OPENAI_API_KEY}, '
                             "which is not set (using an empty string)",)
 
@@ -150,11 +155,12 @@ def test_env_numbers_and_booleans_become_strings(root: Path) -> None:
 
 
 def test_env_errors(root: Path) -> None:
-    assert problems(root, [agent(env={"A": "${BAD"})]) == [
-        'process "ai-agent": "env" entry A has a malformed reference "${BAD" '
+    # The message points at the reference without quoting the value: it may be a secret.
+    assert problems(root, [agent(env={"A": "sk-${BAD"})]) == [
+        'process "ai-agent": "env" entry A has a malformed reference at character 4 '
         "(write ${NAME} or ${NAME:-default}, or $$ for a literal $)"]
     assert problems(root, [agent(env={"A": "${NOT VALID}"})])[0].startswith(
-        'process "ai-agent": "env" entry A has a malformed reference "${NOT VALID}"')
+        'process "ai-agent": "env" entry A has a malformed reference at character 1')
     assert problems(root, [agent(env={"A": None})]) == [
         'process "ai-agent": "env" entry A must be a string, number or boolean, got null']
     assert problems(root, [agent(env=["A=1"])]) == [
@@ -393,7 +399,7 @@ def test_yaml_config(root: Path) -> None:
 """, "pb_processes.yml")
     (spec,) = load_config(path, {}).processes
     assert spec.cwd == root / "agent" and spec.backoff == 0.5 and spec.dev_mode is True
-    assert dict(spec.env) == {"PORT": "8001", "KEY": "none"}
+    assert resolve_env(spec, {}).env == {"PORT": "8001", "KEY": "none"}
 
 
 def test_yaml_errors_use_the_same_messages(root: Path) -> None:

@@ -18,7 +18,14 @@ import pytest
 
 from pbhost.config.loader import ProcessSpec
 from pbhost.pocketbase.binary import PocketBaseInfo
-from pbhost.process.launch import DIRECT, LaunchPlan, find_venv, plan_launch, sidecar_env
+from pbhost.process.launch import (
+    DIRECT,
+    LaunchPlan,
+    find_venv,
+    plan_launch,
+    prepare_launch,
+    sidecar_env,
+)
 
 
 def PB(url: str = "http://127.0.0.1:8090", port: int = 8090,
@@ -147,7 +154,8 @@ def test_command_runs_as_written_with_the_cwd_venv_active(tmp_path: Path, fake_p
 def test_path_from_the_process_env_is_searched(tmp_path: Path, fake_path: str) -> None:
     other = executable(tmp_path / "other" / "node").parent
     s = spec(tmp_path, "a.js", env={"PATH": str(other)})
-    assert plan_launch(s, fake_path).argv[0] == str(other / "node")
+    plan, env, _ = prepare_launch(s, {"PATH": fake_path}, PB())
+    assert plan.argv[0] == str(other / "node") and env["PATH"] == str(other)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from support import (
     proc_environ,
     run_pbhost,
     started_pid,
+    upsert_superuser,
     wait_for,
 )
 
@@ -121,6 +122,7 @@ def test_second_ctrl_c_during_startup_kills_at_once_without_traceback(project: P
 
 def test_served_pocketbase_is_the_early_one(project: Project) -> None:
     """The host adopts the child the fast path spawned instead of starting a second one."""
+    upsert_superuser(project.root)  # else PocketBase's xdg-open also names the port
     run = project.serve(pbhost_args=("-v",))
     run.wait_line("PocketBase was spawned before click and asyncio were imported")
     pid = started_pid(run.wait_line("pocketbase: started (pid"))

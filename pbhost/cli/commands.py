@@ -67,11 +67,36 @@ def check(opts: Options) -> int:
         click.echo("no pb_processes.json/.yaml/.yml here: pbhost serve runs PocketBase alone")
         return 0
     loaded = load_config(path, os.environ)
-    for warning in loaded.warnings:
+    warnings = [*loaded.warnings, *_check_env_files(loaded.processes, str(path))]
+    for warning in warnings:
         click.echo(f"warning: {warning}", err=True)
     click.echo(f"{path}: {len(loaded.processes)} process(es) OK: "
                + (", ".join(p.id for p in loaded.processes) or "none"))
     return 0
+
+
+def _check_env_files(specs: Sequence[Any], path: str) -> list[str]:
+    """Read every envFile as a start would: its problems are errors, `${VAR}` it leaves unset
+    warnings (names only, never a value)."""
+    from pbhost.config.envfile import EnvFileError
+    from pbhost.config.template import unset_warning
+    from pbhost.process.launch import resolve_env
+    problems: list[str] = []
+    warnings: list[str] = []
+    for spec in specs:
+        if not spec.env_files:
+            continue  # load_config checked its ${VAR}s already
+        label = f'process "{spec.id}"'
+        try:
+            own = resolve_env(spec, os.environ)
+        except EnvFileError as exc:
+            problems += [f'{label}: "envFile" {problem}' for problem in exc.problems]
+            continue
+        warnings += [unset_warning(label, name, var, " in this environment or its envFile")
+                     for name, var in own.unset]
+    if problems:
+        raise ConfigError(path, problems)
+    return warnings
 
 
 @cli.command("systemd-unit", context_settings={"ignore_unknown_options": True,

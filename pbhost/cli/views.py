@@ -31,12 +31,29 @@ def size(nbytes: int) -> str:
     return f"{value:.1f} GiB"  # pragma: no cover - the loop always returns
 
 
+def limit_size(nbytes: int) -> str:
+    """A limit as it is usually written: `512 MiB`, `2 GiB`, `1.5 GiB` (no needless `.0`)."""
+    value = float(nbytes)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.1f}".removesuffix(".0") + f" {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"  # pragma: no cover - the loop always returns
+
+
+def _memory(p: dict[str, Any]) -> str:
+    """`88.0 MiB`, or `88.0 MiB / 512 MiB` under a maxMemory."""
+    used = size(p.get("memory") or 0)
+    limit = p.get("memoryLimit")
+    return f"{used} / {limit_size(limit)}" if isinstance(limit, int) else used
+
+
 def _row(p: dict[str, Any]) -> list[str]:
     running = p.get("pid") is not None
     return [str(p["id"]), str(p["pid"]) if running else "-", str(p["status"]),
             duration(p.get("uptime") or 0) if running else "-", str(p.get("restartCount", 0)),
             f"{p.get('cpu', 0):.1f}%" if running else "-",
-            size(p.get("memory", 0)) if running else "-"]
+            _memory(p) if running else "-"]
 
 
 def table(processes: Sequence[dict[str, Any]]) -> str:

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from pbhost.config import template
+
 # Ids that would be confused with pbhost's own log prefixes `[pocketbase]` and `[pbhost]`,
 # or that the control API's own routes (`/api/pm/list`, `/metrics`, `/logs`) would shadow.
 RESERVED_IDS = frozenset({"pocketbase", "pbhost"})
@@ -24,10 +26,12 @@ _ID_RE = re.compile(r"[A-Za-z0-9_.-]+\Z")
 _DURATION_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?\Z")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 _DURATION_HINT = 'a duration such as "500ms", "1s", "1.5s", "2m" or a number of seconds'
-# `$$` is a literal `$`; `${...}` is a reference whose body is checked separately so that a
-# typo such as `${OPENAI KEY}` or a missing `}` is reported instead of passed through silently.
-_REF_RE = re.compile(r"\$\$|\$\{(?P<body>[^}]*)(?P<close>\}?)")
-_REF_BODY_RE = re.compile(r"(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>.*))?\Z", re.S)
+# Binary units, as PM2's max_memory_restart and Docker's --memory read them; the unit is
+# required: a bare 512 could mean bytes or megabytes (PM2 #2488).
+_SIZE_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([KMGT])(?:i?B)?\Z", re.I)
+_BARE_NUMBER_RE = re.compile(r"\s*[-+]?(\d+(\.\d*)?|\.\d+)\s*\Z")
+_SIZE_UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+_SIZE_HINT = 'a size with its unit, such as "512M" or "2G" (K, M, G, T: KiB, MiB, GiB, TiB)'
 
 
 class Invalid(Exception):
@@ -119,14 +123,37 @@ def _parse_cwd(value: Any, fc: FieldContext) -> Path:
 
 
 def _parse_env(value: Any, fc: FieldContext) -> dict[str, str]:
+    """The values as written: `${VAR}` is expanded at each start (template.py), when the
+    envFile values it may refer to are read."""
     if not isinstance(value, dict):
         raise Invalid(f"must be an object of strings, got {describe(value)}")
     env: dict[str, str] = {}
     for name, raw in value.items():
         if not isinstance(name, str) or not name or "=" in name or "\0" in name:
             raise Invalid(f"has an invalid variable name {describe(name)}")
-        env[name] = _expand(name, _env_string(name, raw), fc)
+        text = _env_string(name, raw)
+        if "\0" in text:
+            raise Invalid(f"entry {name} contains a NUL character")
+        try:
+            template.check(text)
+        except ValueError as exc:
+            raise Invalid(f"entry {name} has {exc}") from None
+        env[name] = text
     return env
+
+
+def _parse_env_file(value: Any, fc: FieldContext) -> tuple[Path, ...]:
+    # Not opened here: the files are read at every start, so a missing one fails that start
+    # (with the reason in lastError) and `pbhost check` reports it.
+    hint = "must be a path or a non-empty array of paths"
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not items:
+        raise Invalid(f"{hint}, got {describe(value)}")
+    for i, item in enumerate(items):
+        if not isinstance(item, str) or not item.strip():
+            where = f"but item {i} is" if items is value else "got"
+            raise Invalid(f"{hint}, {where} {describe(item)}")
+    return tuple(_path(item, fc.ctx.base) for item in items)
 
 
 def _env_string(name: str, raw: Any) -> str:
@@ -137,27 +164,6 @@ def _env_string(name: str, raw: Any) -> str:
     if isinstance(raw, (bool, int, float)):
         return json.dumps(raw)
     raise Invalid(f'entry {name} must be a string, number or boolean, got {describe(raw)}')
-
-
-def _expand(name: str, text: str, fc: FieldContext) -> str:
-    """${VAR} and ${VAR:-default} from pbhost's environment; $$ is a literal $."""
-    def replace(match: re.Match[str]) -> str:
-        if match.group(0) == "$$":
-            return "$"
-        body = _REF_BODY_RE.match(match.group("body"))
-        if not match.group("close") or body is None:
-            raise Invalid(f'entry {name} has a malformed reference "{match.group(0)}" '
-                          f'(write ${{NAME}} or ${{NAME:-default}}, or $$ for a literal $)')
-        var, default = body.group("name"), body.group("default")
-        current = fc.ctx.environ.get(var)
-        if default is not None:
-            return current if current else default  # `:-` as in sh: unset or empty
-        if current is None:
-            fc.ctx.warnings.append(f"{fc.label}: env {name} refers to ${{{var}}}, "
-                                   f"which is not set (using an empty string)")
-            return ""
-        return current
-    return _REF_RE.sub(replace, text)
 
 
 def _parse_interpreter(value: Any, fc: FieldContext) -> str:
@@ -204,6 +210,31 @@ def _parse_watch_ignore(value: Any, fc: FieldContext) -> tuple[str, ...]:
     return _string_list(value)
 
 
+def parse_size(value: object) -> int:
+    """"512M", "2G", "1.5G", "512MiB" -> bytes. Raises ValueError completing `"<key>" ...`."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"must be {_SIZE_HINT}, got {describe(value)}")
+    if not isinstance(value, str) or _BARE_NUMBER_RE.match(value):
+        raise ValueError(f"needs a unit, as in \"512M\" or \"2G\" (K, M, G, T: KiB, MiB, GiB, "
+                         f"TiB): {describe(value)} alone could be bytes or megabytes")
+    match = _SIZE_RE.match(value.strip())
+    if match is None:
+        raise ValueError(f"must be {_SIZE_HINT}, got {describe(value)}")
+    size = int(float(match.group(1)) * _SIZE_UNITS[match.group(2).upper()])
+    if size <= 0:
+        raise ValueError(f"must be greater than 0, got {describe(value)}")
+    return size
+
+
+def _parse_max_memory(value: Any, fc: FieldContext) -> int | None:
+    if value is None:
+        return None
+    try:
+        return parse_size(value)
+    except ValueError as exc:
+        raise Invalid(str(exc)) from None
+
+
 def _parse_pb_logs(value: Any, fc: FieldContext) -> str:
     if value not in PB_LOGS_CHOICES:
         choices = ", ".join(f'"{c}"' for c in PB_LOGS_CHOICES)
@@ -219,6 +250,7 @@ FIELDS: dict[str, Callable[[Any, FieldContext], Any]] = {
     "args": _parse_args,
     "cwd": _parse_cwd,
     "env": _parse_env,
+    "envFile": _parse_env_file,
     "interpreter": _parse_interpreter,
     "maxRetries": _parse_max_retries,
     "backoff": _parse_backoff,
@@ -227,6 +259,8 @@ FIELDS: dict[str, Callable[[Any, FieldContext], Any]] = {
     "watchIgnore": _parse_watch_ignore,
     "debounce": _parse_duration_field,
     "stopTimeout": _parse_duration_field,
+    "maxMemory": _parse_max_memory,
+    "maxMemoryFor": _parse_duration_field,
     "autostart": _parse_bool,
     "pbLogs": _parse_pb_logs,
 }

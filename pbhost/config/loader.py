@@ -15,6 +15,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
 
+from pbhost.config import template
 from pbhost.config.keys import FIELDS, Context, FieldContext, Invalid, describe
 from pbhost.errors import ConfigError
 from pbhost.process.ending import STOP_TIMEOUT
@@ -24,6 +25,7 @@ __all__ = ["CONFIG_NAMES", "LoadedConfig", "ProcessSpec", "find_config", "load_c
 CONFIG_NAMES = ("pb_processes.json", "pb_processes.yaml", "pb_processes.yml")
 DEFAULT_BACKOFF = 1.0
 DEFAULT_DEBOUNCE = 0.5
+DEFAULT_MAX_MEMORY_FOR = 10.0  # seconds over maxMemory before pbhost restarts the process
 
 
 @dataclass(frozen=True)
@@ -35,8 +37,11 @@ class ProcessSpec:
     command: str | None            # as written; a relative path containing "/" is made absolute
     args: tuple[str, ...]
     cwd: Path                      # absolute; default: the config file's folder
-    # A read-only view: specs are shared by the host, the API and the watcher.
-    env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), hash=False)
+    # As written, `${VAR}` unexpanded: process/launch.py resolves it at each start, with the
+    # envFile values. A read-only view: specs are shared by the host, the API and the watcher.
+    env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), hash=False,
+                                   repr=False)
+    env_files: tuple[Path, ...] = ()  # absolute; read at every start, a later file wins
     interpreter: str = "auto"      # "auto" or a name / path (a path relative to cwd)
     max_retries: int | None = None  # None = unlimited
     backoff: float = DEFAULT_BACKOFF
@@ -47,6 +52,8 @@ class ProcessSpec:
     stop_timeout: float = STOP_TIMEOUT
     autostart: bool = True
     pb_logs: str = "stderr"
+    max_memory: int | None = None  # bytes over the whole process tree; None: no limit
+    max_memory_for: float = DEFAULT_MAX_MEMORY_FOR
 
     def __post_init__(self) -> None:
         # The default watch set depends on cwd, which a field default cannot express.
@@ -220,6 +227,7 @@ def _parse_entry(index: int, raw: Any, ctx: Context) -> ProcessSpec | None:
     _check_combinations(label, raw, values, ctx)
     if len(ctx.problems) > before:
         return None
+    _warn(label, values, ctx)
     return _build_spec(values, ctx)
 
 
@@ -261,6 +269,21 @@ def _check_combinations(label: str, raw: Mapping[Any, Any], values: Mapping[str,
                             f'a "command" runs as written')
 
 
+def _warn(label: str, values: Mapping[str, Any], ctx: Context) -> None:
+    """What is worth a warning, not a refusal to start.
+
+    A `${VAR}` naming a variable pbhost's environment does not have is one; for a process with
+    an envFile that depends on the files as they are at each start, so the start warns then
+    instead, and `pbhost check` reads the files."""
+    if "maxMemoryFor" in values and values.get("maxMemory") is None:
+        ctx.warnings.append(f'{label}: "maxMemoryFor" has no effect without "maxMemory"')
+    if "envFile" in values:
+        return
+    for name, text in values.get("env", {}).items():
+        for var in template.expand(text, ctx.environ)[1]:
+            ctx.warnings.append(template.unset_warning(label, name, var))
+
+
 def _build_spec(values: Mapping[str, Any], ctx: Context) -> ProcessSpec:
     cwd = values.get("cwd", ctx.base)
     return ProcessSpec(
@@ -280,6 +303,9 @@ def _build_spec(values: Mapping[str, Any], ctx: Context) -> ProcessSpec:
         stop_timeout=values.get("stopTimeout", STOP_TIMEOUT),
         autostart=values.get("autostart", True),
         pb_logs=values.get("pbLogs", "stderr"),
+        env_files=values.get("envFile", ()),
+        max_memory=values.get("maxMemory"),
+        max_memory_for=values.get("maxMemoryFor", DEFAULT_MAX_MEMORY_FOR),
     )
 
 

@@ -119,20 +119,22 @@ class ControlApi:
     # -- reading --------------------------------------------------------------------------
     def processes(self) -> list[dict[str, Any]]:
         sups = self.host.supervisors
-        usage = self.stats.usage(s.pid for s in sups if s.pid is not None)
+        usage = self.stats.usage({s.id: s.pid for s in sups if s.pid is not None})
         return [self.describe(s, usage) for s in sups]
 
-    def describe(self, sup: Supervisor, usage: dict[int, Usage] | None = None) -> dict[str, Any]:
+    def describe(self, sup: Supervisor, usage: dict[str, Usage] | None = None) -> dict[str, Any]:
+        # No environment here, not even names: values from env and envFile are secrets.
         pid = sup.pid
         if usage is None:
-            usage = self.stats.usage([pid] if pid is not None else [])
-        use = usage.get(pid, Usage()) if pid is not None else Usage()
+            usage = self.stats.usage({sup.id: pid} if pid is not None else {})
+        use = usage.get(sup.id, Usage()) if pid is not None else Usage()
         spec = self.host.specs.get(sup.id)
         return {
             "id": sup.id, "pid": pid, "status": str(sup.state),
             "startTime": _iso(sup.start_wall) if pid is not None else None,
             "uptime": round(sup.uptime, 3), "restartCount": sup.restart_count,
             "lastError": sup.last_error, "cpu": use.cpu, "memory": use.memory,
+            "memoryLimit": spec.max_memory if spec is not None else None,
             "devMode": bool(spec.dev_mode) if spec is not None else False,
             "interpreter": sup.interpreter,
         }
@@ -153,9 +155,17 @@ class ControlApi:
         family("pbhost_process_uptime_seconds", "gauge", "Seconds since the current run began.",
                lambda p: p["uptime"])
         family("pbhost_process_cpu_percent", "gauge",
-               "CPU use of the process group, percent of one core.", lambda p: p["cpu"])
+               "CPU use of the process tree, percent of one core.", lambda p: p["cpu"])
         family("pbhost_process_memory_bytes", "gauge",
-               "Resident memory of the process group.", lambda p: p["memory"])
+               "Resident memory of the process tree (its group and what escaped it).",
+               lambda p: p["memory"])
+        limited = [p for p in procs if p["memoryLimit"] is not None]
+        if limited:
+            out.append("# HELP pbhost_process_memory_limit_bytes maxMemory: the tree's resident "
+                       "memory above which pbhost restarts the process.\n"
+                       "# TYPE pbhost_process_memory_limit_bytes gauge")
+            out.extend(f'pbhost_process_memory_limit_bytes{{id="{_label(p["id"])}"}} '
+                       f'{p["memoryLimit"]}' for p in limited)
         out.append("# HELP pbhost_process_status Current state (1 for the state it is in).\n"
                    "# TYPE pbhost_process_status gauge")
         out.extend(f'pbhost_process_status{{id="{_label(p["id"])}",status="{p["status"]}"}} 1'

@@ -1,39 +1,35 @@
-"""CPU % and resident memory of whole process groups, read from /proc (Linux; zeros elsewhere).
+"""CPU % and resident memory of whole process trees, read from /proc (Linux; zeros elsewhere).
 
-A sidecar's cost is its group's: an agent that forks workers or a shell running a pipeline is
-measured with everything it started. CPU % is the change of utime+stime between two samples,
-so samples are taken at most every `min_interval` seconds (clock ticks are 10 ms: a shorter
+A sidecar's cost is its tree's: an agent that forks workers, a shell running a pipeline, a
+daemon that left the group with setsid() are measured with everything they started
+(orphans/trees.py finds them). CPU % is the change of utime+stime between two samples, so
+samples are taken at most every `min_interval` seconds (clock ticks are 10 ms: a shorter
 window would read 0 % or 1000 %); list requests in between get the last figures.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Mapping
 
-from pbhost.orphans import proctable
-
-try:
-    CLK_TCK = os.sysconf("SC_CLK_TCK")
-    PAGE = os.sysconf("SC_PAGE_SIZE")
-except (AttributeError, ValueError, OSError):  # not POSIX enough: report zeros
-    CLK_TCK, PAGE = 100, 4096
+from pbhost.orphans.proctable import CLK_TCK, PAGE, ProcInfo
+from pbhost.orphans.trees import TreeScanner
 
 PROC = "/proc"
-FORGET = 60.0  # seconds a sample of a group nobody asks about is kept
+FORGET = 60.0  # seconds a sample of a process nobody asks about is kept
 
 
 @dataclass(frozen=True)
 class Usage:
-    cpu: float = 0.0     # percent of one core, summed over the group
-    memory: int = 0      # resident bytes, summed over the group
+    cpu: float = 0.0     # percent of one core, summed over the tree
+    memory: int = 0      # resident bytes, summed over the tree
 
 
 @dataclass
 class _Sample:
     at: float                            # time.monotonic()
+    pid: int                             # the run it is of: a restart starts afresh
     ticks: dict[tuple[int, int], int]    # (pid, start time) -> utime+stime, per member
     usage: Usage
 
@@ -41,63 +37,40 @@ class _Sample:
 class GroupStats:
     def __init__(self, min_interval: float = 1.0) -> None:
         self.min_interval = min_interval
-        self._last: dict[int, _Sample] = {}
+        self._last: dict[str, _Sample] = {}
+        self._scanner = TreeScanner()
 
-    def usage(self, pgids: Iterable[int]) -> dict[int, Usage]:
-        """Usage per process group id; a group seen less than min_interval ago is not re-read."""
-        wanted = set(pgids)
+    def usage(self, roots: Mapping[str, int]) -> dict[str, Usage]:
+        """Usage per process id, given each one's pid; one sampled less than min_interval
+        ago (in the same run) is not re-read."""
         now = time.monotonic()
-        fresh = {g for g in wanted
-                 if g in self._last and now - self._last[g].at < self.min_interval}
-        stale = wanted - fresh
+        stale = {proc_id: pid for proc_id, pid in roots.items()
+                 if proc_id not in self._last or self._last[proc_id].pid != pid
+                 or now - self._last[proc_id].at >= self.min_interval}
         if stale:
             self._resample(stale, now)
-        # Forget groups nobody asked about for a while (they are gone, or restarted).
-        self._last = {g: s for g, s in self._last.items() if g in wanted or now - s.at < FORGET}
-        return {g: self._last[g].usage for g in wanted if g in self._last}
+        # Forget processes nobody asked about for a while (stopped, or gone from the config).
+        self._last = {i: s for i, s in self._last.items() if i in roots or now - s.at < FORGET}
+        return {i: self._last[i].usage for i in roots if i in self._last}
 
-    def _resample(self, pgids: set[int], now: float) -> None:
-        members = scan_groups(pgids)
+    def _resample(self, roots: Mapping[str, int], now: float) -> None:
+        trees = self._scanner.scan(roots)
         uptime = _boot_uptime()
-        for pgid in pgids:
-            procs = members.get(pgid, [])
-            ticks = {(pid, start): t for pid, start, t, _ in procs}
-            memory = sum(rss for *_, rss in procs) * PAGE
-            prev = self._last.get(pgid)
-            if prev is not None:
+        for proc_id, pid in roots.items():
+            procs = trees.get(proc_id, [])
+            ticks = {p.key: p.cpu_ticks for p in procs}
+            memory = sum(p.rss_pages for p in procs) * PAGE
+            prev = self._last.get(proc_id)
+            if prev is not None and prev.pid == pid:
                 # A member missing from the last sample started since: all its ticks are new.
                 used = sum(t - prev.ticks.get(key, 0) for key, t in ticks.items())
                 span = now - prev.at
             else:
-                # First look at this group: its average since the leader started.
+                # First look at this run: its average since the leader started.
                 used = sum(ticks.values())
-                span = max((uptime - _leader_start(procs, pgid)) if uptime else 0.0, 0.0)
+                span = max((uptime - _leader_start(procs, pid)) if uptime else 0.0, 0.0)
             cpu = 100.0 * max(used, 0) / CLK_TCK / span if span > 0.01 else 0.0
-            self._last[pgid] = _Sample(now, ticks, Usage(round(cpu, 1), memory))
-
-
-def scan_groups(pgids: set[int]) -> dict[int, list[tuple[int, int, int, int]]]:
-    """pgid -> [(pid, start ticks, utime+stime ticks, rss pages)] for every live member."""
-    out: dict[int, list[tuple[int, int, int, int]]] = {}
-    try:
-        names = os.listdir(PROC)
-    except OSError:
-        return out
-    for name in names:
-        if not name.isdigit():
-            continue
-        pid = int(name)
-        try:
-            # getpgid is one syscall; reading stat is three: only read the members' stat.
-            if os.getpgid(pid) not in pgids:
-                continue
-        except OSError:
-            continue  # gone meanwhile
-        info = proctable.proc_info(pid)
-        if info is None or info.state == "Z":
-            continue
-        out.setdefault(info.pgid, []).append((pid, info.start, info.cpu_ticks, info.rss_pages))
-    return out
+            self._last[proc_id] = _Sample(now, pid, ticks, Usage(round(cpu, 1), memory))
 
 
 def _boot_uptime() -> float:
@@ -108,7 +81,7 @@ def _boot_uptime() -> float:
         return 0.0
 
 
-def _leader_start(procs: list[tuple[int, int, int, int]], pgid: int) -> float:
-    """Seconds after boot at which the group began (its leader, else its oldest member)."""
-    starts = [start for pid, start, _, _ in procs if pid == pgid] or [s for _, s, _, _ in procs]
+def _leader_start(procs: list[ProcInfo], pid: int) -> float:
+    """Seconds after boot at which the run began (its leader, else its oldest member)."""
+    starts = [p.start for p in procs if p.pid == pid] or [p.start for p in procs]
     return min(starts) / CLK_TCK if starts else 0.0

@@ -15,18 +15,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, Sequence
 
+from pbhost.config.envfile import EnvFileError
+from pbhost.config.template import unset_warning
 from pbhost.errors import UnknownProcess
 from pbhost.orphans.sweep import Sweeper
 from pbhost.pocketbase.binary import PB_ID, PocketBaseInfo, pocketbase_env
 from pbhost.pocketbase.localhttp import request_status
 from pbhost.process.ending import STOP_TIMEOUT
 from pbhost.process.hostview import Companion
-from pbhost.process.launch import plan_launch, sidecar_env
+from pbhost.process.launch import prepare_launch
 from pbhost.process.reaper import Reaper
 from pbhost.process.runtime import SystemRuntime
 from pbhost.process.spawn import Child
 from pbhost.process.state import COMING_UP, HEALTHY_RUN, ProcessState
-from pbhost.process.supervisor import Launch, Policy, Supervisor
+from pbhost.process.supervisor import Launch, LaunchError, Policy, Supervisor
 from pbhost.production.notify import Notifier, status_line
 
 if TYPE_CHECKING:
@@ -111,9 +113,19 @@ class Host:
         return Launch([s.pb_binary, "serve", *s.serve_args], env, str(s.cwd), "direct")
 
     def _sidecar(self, spec: ProcessSpec) -> Supervisor:
+        warned: set[tuple[str, str]] = set()
+
         def prepare() -> Launch:
-            plan = plan_launch(spec, self.settings.environ.get("PATH"))
-            env = sidecar_env(spec, self.settings.environ, self.settings.pb, plan)
+            # Read at every start: an edited .env reaches the next start or restart.
+            try:
+                plan, env, own = prepare_launch(spec, self.settings.environ, self.settings.pb)
+            except EnvFileError as exc:
+                raise LaunchError(str(exc)) from None
+            if spec.env_files:  # without envFile, loading the config warned already
+                for name, var in set(own.unset) - warned:
+                    warned.add((name, var))
+                    log.warning("%s", unset_warning(spec.id, name, var,
+                                                    " in pbhost's environment or its envFile"))
             return Launch(plan.argv, env, str(spec.cwd), plan.interpreter)
 
         policy = Policy(max_retries=spec.max_retries, backoff=spec.backoff,

@@ -1,16 +1,21 @@
 """How to run a sidecar (venv python, node, sh, or the program itself) and the environment it gets.
 
 Nothing here starts a process: a program that cannot be found keeps its plain name in argv, so
-the spawn fails with ENOENT and the supervisor reports that reason in `lastError`.
+the spawn fails with ENOENT and the supervisor reports that reason in `lastError`. The
+environment is built at every start from the spec and the envFiles as they are then, so an
+edited `.env` reaches the next start; nothing here logs or shows a value.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import dataclass
+from collections import ChainMap
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping
+
+from pbhost.config import template
 
 if TYPE_CHECKING:  # value objects only; this module must not import the supervision core
     from pbhost.config.loader import ProcessSpec
@@ -29,15 +34,50 @@ class LaunchPlan:
     venv: Path | None = None       # a virtualenv to activate (VIRTUAL_ENV, PATH) in its env
 
 
-def plan_launch(spec: ProcessSpec, path: str | None) -> LaunchPlan:
-    """The argv for `spec`. `path` is the PATH to search (None: pbhost's own).
+@dataclass(frozen=True)
+class OwnEnv:
+    """What a process's own config adds to the environment it inherits: its envFile values
+    and its `env`, expanded. A value of the spec and the files' contents: two starts with the
+    same files give equal ones. Never in a repr: it holds secrets."""
 
-    A PATH set in the process's own `env` is searched instead, since that is the PATH the
-    child will run with.
-    """
-    search = spec.env.get("PATH", path)
-    if search is None:
-        search = os.environ.get("PATH", os.defpath)
+    files: Mapping[str, str] = field(default_factory=dict, repr=False)  # later file wins
+    env: Mapping[str, str] = field(default_factory=dict, repr=False)
+    unset: tuple[tuple[str, str], ...] = ()  # (env key, the unset ${VAR} it refers to)
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        return self.env.get(name, self.files.get(name, default))
+
+
+def resolve_env(spec: ProcessSpec, environ: Mapping[str, str]) -> OwnEnv:
+    """Read `spec`'s envFiles (raises EnvFileError) and expand its `env` against `environ`
+    (pbhost's environment) and those files' values."""
+    files: dict[str, str] = {}
+    if spec.env_files:
+        from pbhost.config.envfile import read_env_files  # python-dotenv: only when used
+        files = read_env_files(spec.env_files, environ)
+    lookup = ChainMap(files, dict(environ))
+    env: dict[str, str] = {}
+    unset: list[tuple[str, str]] = []
+    for name, text in spec.env.items():
+        env[name], missing = template.expand(text, lookup)
+        unset.extend((name, var) for var in missing)
+    return OwnEnv(files, env, tuple(unset))
+
+
+def prepare_launch(spec: ProcessSpec, environ: Mapping[str, str], pb: PocketBaseInfo
+                   ) -> tuple[LaunchPlan, dict[str, str], OwnEnv]:
+    """What one start needs, from the spec and the envFiles as they are now: the plan, the
+    child's whole environment, and the config's part of it (for its warnings)."""
+    own = resolve_env(spec, environ)
+    # The PATH the child will run with is the one its program is looked up on.
+    plan = plan_launch(spec, own.get("PATH", environ.get("PATH")))
+    return plan, sidecar_env(spec, environ, pb, plan, own), own
+
+
+def plan_launch(spec: ProcessSpec, path: str | None) -> LaunchPlan:
+    """The argv for `spec`. `path` is the PATH to search, the one the child will run with
+    (None: pbhost's own)."""
+    search = path if path is not None else os.environ.get("PATH", os.defpath)
     if spec.script is None:
         assert spec.command is not None  # config guarantees exactly one of the two
         return _plan_command(spec, spec.command, search)
@@ -115,13 +155,16 @@ def _is_python_program(program: str) -> bool:
 
 
 def sidecar_env(spec: ProcessSpec, base: Mapping[str, str], pb: PocketBaseInfo,
-                plan: LaunchPlan) -> dict[str, str]:
-    """pbhost's environment, then what pbhost injects, then the process's own `env` (it wins)."""
-    env = dict(base)
+                plan: LaunchPlan, own: OwnEnv | None = None) -> dict[str, str]:
+    """pbhost's environment, then the envFile values, then what pbhost injects, then the
+    process's own `env` (it wins). `own`: resolve_env(spec, base), read here if not given."""
+    own = own if own is not None else resolve_env(spec, base)
+    inherited = {**base, **own.files}
+    env = dict(inherited)
     if plan.venv is not None:
         # What `source <venv>/bin/activate` does: console scripts installed by pip resolve.
         env["VIRTUAL_ENV"] = str(plan.venv)
-        env["PATH"] = str(plan.venv / "bin") + os.pathsep + base.get("PATH", os.defpath)
+        env["PATH"] = str(plan.venv / "bin") + os.pathsep + inherited.get("PATH", os.defpath)
         env.pop("PYTHONHOME", None)
     env.update(
         PB_URL=pb.url,
@@ -132,5 +175,5 @@ def sidecar_env(spec: ProcessSpec, base: Mapping[str, str], pb: PocketBaseInfo,
     )
     if plan.is_python:
         env["PYTHONUNBUFFERED"] = "1"
-    env.update(spec.env)
+    env.update(own.env)
     return env

@@ -30,7 +30,9 @@ ALLOWED: dict[ProcessState, frozenset[ProcessState]] = {
     S.STARTING: frozenset({S.RUNNING, S.BACKOFF, S.CRASHED, S.STOPPING, S.STARTING}),
     S.RUNNING: frozenset({S.STARTING, S.BACKOFF, S.CRASHED, S.STOPPING}),
     S.BACKOFF: frozenset({S.STARTING, S.STOPPED, S.CRASHED, S.STOPPING}),
-    S.STOPPING: frozenset({S.STOPPED, S.STARTING}),  # STARTING: a requested restart
+    # STARTING: a restart; BACKOFF or CRASHED: pbhost's own restart of a process that went
+    # over its memory limit right after starting, which counts as a quick failure.
+    S.STOPPING: frozenset({S.STOPPED, S.STARTING, S.BACKOFF, S.CRASHED}),
     S.CRASHED: frozenset({S.STARTING, S.STOPPED}),
 }
 

@@ -12,7 +12,7 @@ import asyncio
 import functools
 import logging
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 from pbhost.process.ending import STOP_TIMEOUT, Group, alive, end, ending, start_ending
@@ -32,9 +32,14 @@ class Launch:
     """Everything needed to spawn the process once; built fresh for every start."""
 
     argv: Sequence[str]
-    env: Mapping[str, str]
+    env: Mapping[str, str] = field(repr=False)  # secrets: never in a repr or a log line
     cwd: str
     interpreter: str = "direct"
+
+
+class LaunchError(Exception):
+    """The start could not be prepared (an envFile missing or malformed): like a missing
+    binary, the process cannot be started at all until someone fixes it. str() is the reason."""
 
 
 @dataclass(frozen=True)
@@ -110,14 +115,20 @@ class Supervisor:
             self.interpreter = launch.interpreter
             child = self._runtime.spawn(launch.argv, launch.env, launch.cwd)
         except SpawnError as exc:
-            self.last_error = exc.strerror
-            self.failures += 1
-            log.error("%s: cannot start: %s; marked crashed (fix it, then `pbhost start %s`)",
-                      self.id, exc.strerror, self.id)
-            self._set_state(S.CRASHED)
+            self._cannot_start(exc.strerror or str(exc))
+            return None
+        except LaunchError as exc:
+            self._cannot_start(str(exc))
             return None
         self.adopt(child)
         return child.pid
+
+    def _cannot_start(self, reason: str) -> None:
+        self.last_error = reason
+        self.failures += 1
+        log.error("%s: cannot start: %s; marked crashed (fix it, then `pbhost start %s`)",
+                  self.id, reason, self.id)
+        self._set_state(S.CRASHED)
 
     def adopt(self, child: Child) -> None:
         """Take charge of a spawned child (also one spawned before the loop existed)."""
@@ -268,6 +279,26 @@ class Supervisor:
             return None  # a stop arrived meanwhile: it wins
         self.restart_count += 1
         return self.spawn_now()
+
+    async def recycle(self, pid: int, reason: str, failed: bool) -> int | None:
+        """pbhost's own restart of run `pid` (over its memory limit): the normal graceful stop,
+        then a start at once; or, when `failed` (it went over again soon after starting), the
+        crash path: backoff, or crashed at maxRetries, so a leak at start-up cannot storm."""
+        async with self._lock:
+            if self.pid != pid or self.state not in ALIVE:
+                return None  # it exited, or was stopped or restarted, meanwhile
+            gen = self._stop_gen
+            self.last_error = reason
+            log.warning("%s: %s", self.id, reason)
+            await self._terminate()
+            if gen != self._stop_gen:
+                return None  # a stop arrived meanwhile: it wins
+            if failed:
+                self._after_failure()
+                return None
+            self.failures = 0
+            self.restart_count += 1
+            return self.spawn_now()
 
     async def start(self) -> int | None:
         """Start a stopped or crashed process now, with a fresh failure budget."""
