@@ -12,7 +12,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 # Ids that would be confused with pbhost's own log prefixes `[pocketbase]` and `[pbhost]`,
 # or that the control API's own routes (`/api/pm/list`, `/metrics`, `/logs`) would shadow.
@@ -31,7 +31,12 @@ _REF_BODY_RE = re.compile(r"(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>.*)
 
 
 class Invalid(Exception):
-    """One problem with one value; the caller adds the process and key in front."""
+    """One problem with one value; the caller adds the process and key in front. A value with
+    keys of its own (a probe) may carry several, each under its key: `parts`."""
+
+    def __init__(self, message: str = "", parts: Sequence[tuple[str, str]] = ()) -> None:
+        super().__init__(message or "; ".join(text for _, text in parts))
+        self.parts: tuple[tuple[str, str], ...] = tuple(parts) or (("", message),)
 
 
 @dataclass
@@ -48,6 +53,9 @@ class Context:
 class FieldContext:
     ctx: Context
     label: str                     # `process "ai-agent"`, for warnings (which are not raised)
+    # The process's own `env` as parsed so far ("env" comes before the keys that use it), for
+    # `${PORT}` in probe values: the process's own value first, then pbhost's environment.
+    own_env: Mapping[str, str] = field(default_factory=dict)
 
 
 def parse_duration(value: object) -> float:
@@ -125,7 +133,7 @@ def _parse_env(value: Any, fc: FieldContext) -> dict[str, str]:
     for name, raw in value.items():
         if not isinstance(name, str) or not name or "=" in name or "\0" in name:
             raise Invalid(f"has an invalid variable name {describe(name)}")
-        env[name] = _expand(name, _env_string(name, raw), fc)
+        env[name] = expand(_env_string(name, raw), fc.ctx.environ, f"env {name}", fc)
     return env
 
 
@@ -139,25 +147,31 @@ def _env_string(name: str, raw: Any) -> str:
     raise Invalid(f'entry {name} must be a string, number or boolean, got {describe(raw)}')
 
 
-def _expand(name: str, text: str, fc: FieldContext) -> str:
-    """${VAR} and ${VAR:-default} from pbhost's environment; $$ is a literal $."""
+def expand(text: str, lookup: Mapping[str, str], what: str, fc: FieldContext) -> str:
+    """${VAR} and ${VAR:-default} from `lookup`; $$ is a literal $. `what` names the value in
+    messages: `env PORT`, `livenessProbe`."""
     def replace(match: re.Match[str]) -> str:
         if match.group(0) == "$$":
             return "$"
         body = _REF_BODY_RE.match(match.group("body"))
         if not match.group("close") or body is None:
-            raise Invalid(f'entry {name} has a malformed reference "{match.group(0)}" '
+            raise Invalid(f'{_entry(what)}has a malformed reference "{match.group(0)}" '
                           f'(write ${{NAME}} or ${{NAME:-default}}, or $$ for a literal $)')
         var, default = body.group("name"), body.group("default")
-        current = fc.ctx.environ.get(var)
+        current = lookup.get(var)
         if default is not None:
             return current if current else default  # `:-` as in sh: unset or empty
         if current is None:
-            fc.ctx.warnings.append(f"{fc.label}: env {name} refers to ${{{var}}}, "
+            fc.ctx.warnings.append(f"{fc.label}: {what} refers to ${{{var}}}, "
                                    f"which is not set (using an empty string)")
             return ""
         return current
     return _REF_RE.sub(replace, text)
+
+
+def _entry(what: str) -> str:
+    # Inside "env" the message names the variable; elsewhere the key is in front already.
+    return f"entry {what[4:]} " if what.startswith("env ") else ""
 
 
 def _parse_interpreter(value: Any, fc: FieldContext) -> str:
@@ -262,6 +276,24 @@ def _duration(value: Any) -> float:
         return parse_duration(value)
     except ValueError as exc:
         raise Invalid(str(exc)) from None
+
+
+def suggest(key: str, known: Iterable[str]) -> str:
+    """` (did you mean "devMode"?)` for a misspelt key, else ""."""
+    known = list(known)
+    # Case and separators first: "devmode", "dev_mode" and "max-retries" are the usual slips.
+    folded = {_fold(name): name for name in known}
+    match = folded.get(_fold(key))
+    if match is None:
+        import difflib  # only a misspelt key pays for it
+
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.7)
+        match = close[0] if close else None
+    return f' (did you mean "{match}"?)' if match else ""
+
+
+def _fold(key: str) -> str:
+    return key.replace("_", "").replace("-", "").lower()
 
 
 def describe(value: Any) -> str:

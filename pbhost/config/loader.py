@@ -15,14 +15,21 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
 
-from pbhost.config.keys import FIELDS, Context, FieldContext, Invalid, describe, parse_duration
+from pbhost.config import probekeys
+from pbhost.config.keys import FIELDS as VALUE_FIELDS
+from pbhost.config.keys import Context, FieldContext, Invalid, describe, parse_duration, suggest
+from pbhost.config.probekeys import ProbeSpec
 from pbhost.errors import ConfigError
+from pbhost.process.depends import graph_problems
 from pbhost.process.ending import STOP_TIMEOUT
 
 __all__ = ["CONFIG_NAMES", "LoadedConfig", "ProcessSpec", "find_config", "load_config",
            "parse_duration"]
 
 CONFIG_NAMES = ("pb_processes.json", "pb_processes.yaml", "pb_processes.yml")
+# Every key of a process object, parsed in this order: the health and order keys come after
+# "env", whose values their `${VAR}` may use.
+FIELDS = {**VALUE_FIELDS, **probekeys.FIELDS}
 DEFAULT_BACKOFF = 1.0
 DEFAULT_DEBOUNCE = 0.5
 DEFAULT_STOP_TIMEOUT = STOP_TIMEOUT
@@ -49,6 +56,12 @@ class ProcessSpec:
     stop_timeout: float = DEFAULT_STOP_TIMEOUT
     autostart: bool = True
     pb_logs: str = "stderr"
+    liveness: ProbeSpec | None = None
+    readiness: ProbeSpec | None = None
+    watchdog: float | None = None  # seconds without WATCHDOG=1 before it counts as hung
+    # {"redis": "ready", "migrate": "completed"}, as written (no implicit pocketbase here).
+    depends_on: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}),
+                                          hash=False)
 
     def __post_init__(self) -> None:
         # The default watch set depends on cwd, which a field default cannot express.
@@ -56,6 +69,8 @@ class ProcessSpec:
             object.__setattr__(self, "watch_paths", (self.cwd,))
         if not isinstance(self.env, MappingProxyType):
             object.__setattr__(self, "env", MappingProxyType(dict(self.env)))
+        if not isinstance(self.depends_on, MappingProxyType):
+            object.__setattr__(self, "depends_on", MappingProxyType(dict(self.depends_on)))
 
 
 @dataclass(frozen=True)
@@ -182,7 +197,17 @@ def _parse_top_level(data: Any, ctx: Context) -> list[ProcessSpec]:
         spec = _parse_entry(index, raw, ctx)
         if spec is not None:
             specs.append(spec)
+    _check_dependencies(specs, first_index, ctx)
     return specs
+
+
+def _check_dependencies(specs: list[ProcessSpec], first_index: Mapping[str, int],
+                        ctx: Context) -> None:
+    """Across processes, once every entry has parsed: ids that exist (any entry with that id,
+    even one with problems of its own), and no cycle."""
+    graph = {spec.id: spec.depends_on for spec in specs}
+    for proc_id, problem in graph_problems(graph, first_index):
+        ctx.problems.append(f'process "{proc_id}": "dependsOn" {problem}')
 
 
 def _check_unique_id(index: int, raw: Any, first_index: dict[str, int], ctx: Context) -> None:
@@ -216,9 +241,11 @@ def _parse_entry(index: int, raw: Any, ctx: Context) -> ProcessSpec | None:
         if key not in raw:
             continue
         try:
-            values[key] = parse(raw[key], FieldContext(ctx, label))
+            values[key] = parse(raw[key], FieldContext(ctx, label, values.get("env", {})))
         except Invalid as exc:
-            ctx.problems.append(f'{label}: "{key}" {exc}')
+            for sub, problem in exc.parts:
+                ctx.problems.append(f'{label}: "{key}.{sub}" {problem}' if sub
+                                    else f'{label}: "{key}" {problem}')
     _check_combinations(label, raw, values, ctx)
     if len(ctx.problems) > before:
         return None
@@ -230,24 +257,7 @@ def _check_keys(label: str, raw: Mapping[Any, Any], ctx: Context) -> None:
         ctx.problems.append(f'{label}: key "{key}" appears twice')
     for key in raw:
         if key not in FIELDS:
-            ctx.problems.append(f'{label}: unknown key "{key}"{_suggest(str(key))}')
-
-
-def _suggest(key: str) -> str:
-    """` (did you mean "devMode"?)` for a misspelt key, else ""."""
-    # Case and separators first: "devmode", "dev_mode" and "max-retries" are the usual slips.
-    folded = {_fold(known): known for known in FIELDS}
-    match = folded.get(_fold(key))
-    if match is None:
-        import difflib  # only a misspelt key pays for it
-
-        close = difflib.get_close_matches(key, list(FIELDS), n=1, cutoff=0.7)
-        match = close[0] if close else None
-    return f' (did you mean "{match}"?)' if match else ""
-
-
-def _fold(key: str) -> str:
-    return key.replace("_", "").replace("-", "").lower()
+            ctx.problems.append(f'{label}: unknown key "{key}"{suggest(str(key), FIELDS)}')
 
 
 def _check_combinations(label: str, raw: Mapping[Any, Any], values: Mapping[str, Any],
@@ -261,6 +271,11 @@ def _check_combinations(label: str, raw: Mapping[Any, Any], values: Mapping[str,
     if "command" in values and values.get("interpreter", "auto") != "auto":
         ctx.problems.append(f'{label}: "interpreter" applies to "script" only; '
                             f'a "command" runs as written')
+    readiness = values.get("readinessProbe")
+    if "NOTIFY_SOCKET" in values.get("env", {}) and (
+            "watchdog" in values or (readiness is not None and readiness.kind == "notify")):
+        ctx.problems.append(f'{label}: "env" sets NOTIFY_SOCKET, so pbhost cannot hear the '
+                            f'process\'s READY=1 / WATCHDOG=1 (remove it from "env")')
 
 
 def _build_spec(values: Mapping[str, Any], ctx: Context) -> ProcessSpec:
@@ -282,6 +297,10 @@ def _build_spec(values: Mapping[str, Any], ctx: Context) -> ProcessSpec:
         stop_timeout=values.get("stopTimeout", DEFAULT_STOP_TIMEOUT),
         autostart=values.get("autostart", True),
         pb_logs=values.get("pbLogs", "stderr"),
+        liveness=values.get("livenessProbe"),
+        readiness=values.get("readinessProbe"),
+        watchdog=values.get("watchdog"),
+        depends_on=values.get("dependsOn", {}),
     )
 
 
