@@ -10,8 +10,8 @@
 
 Every request is authenticated first (auth.py): without a valid token nothing, not even the
 list of ids, is shown. Only /livez and /readyz answer without one, and they say no more than
-alive, ready, and the ids of what is not ready. The bodies are documented in docs/api.md; a PocketBase JS hook relays
-them verbatim, so their shape is a contract.
+alive, ready, and the ids of what is not ready. The bodies are documented in docs/api.md; a
+PocketBase JS hook relays them verbatim, so their shape is a contract.
 """
 
 from __future__ import annotations

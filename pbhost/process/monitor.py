@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Callable, Mapping
 
 from pbhost.process.health import Result, Threshold, probe_loop, ran_healthy
 from pbhost.process.notifysock import Message, NotifySocket, clean_status
-from pbhost.process.probes import make_check
 from pbhost.process.supervisor import RunHooks
 
 if TYPE_CHECKING:
@@ -60,10 +59,10 @@ class RunMonitor(RunHooks):
         return env
 
     def begin(self, sup: Supervisor, child: Child, launch: Launch | None) -> None:
+        sock, self._sock = self._sock, None  # the one env() bound for this run
         self.end()
         env = launch.env if launch is not None else {}
         cwd = launch.cwd if launch is not None else str(self.spec.cwd)
-        sock, self._sock = self._sock, None
         self._run = _Run(self.spec, sup, child, self._runtime, self._stream, sock, env, cwd)
 
     def end(self) -> None:
@@ -109,6 +108,8 @@ class _Run:
     # -- setting up -------------------------------------------------------------------------
     def _poll(self, probe: ProbeSpec, on_result: Callable[[Result], bool],
               env: Mapping[str, str], cwd: str) -> asyncio.Task[None]:
+        from pbhost.process.probes import make_check  # only processes with probes load it
+
         check = make_check(probe, self.runtime, env, cwd)
         task = self.loop.create_task(probe_loop(
             check, probe.initial_delay, probe.period, probe.timeout, on_result,

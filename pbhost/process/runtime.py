@@ -3,8 +3,9 @@ over a child's output and reads the clock.
 
 `Runtime` is the contract, declared once; `SystemRuntime` is the real thing (spawn.py, killpg,
 the reaper, the log stream, the monotonic clock). The policy tests drive a Supervisor through
-a scripted fake runtime on an event loop with virtual time (tests/test_supervisor_policy.py), so every
-branch of the restart policy is checked in milliseconds, next to the real-process tests.
+a scripted fake runtime on an event loop with virtual time (tests/vclock.py, used by
+tests/test_health_policy.py), so the restart policy is checked in milliseconds, next to the
+real-process tests.
 """
 
 from __future__ import annotations

@@ -356,6 +356,8 @@ class Supervisor:
             if self.state is not S.STOPPED:
                 self._set_state(S.STOPPED)
                 log.info("%s: stopped", self.id)
+            else:
+                self._changed()  # held now: what waits for it must hear that it will not come
 
     # -- requested operations -------------------------------------------------------------
     async def restart(self, reason: str = "requested") -> int | None:
