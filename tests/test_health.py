@@ -12,7 +12,11 @@ import subprocess
 import sys
 from typing import Any, Callable
 
-from support import PbhostRun, Project, free_port, http_json, pbhost_env, pid_alive, wait_for
+import yaml
+
+from pbhost.config.loader import parse_duration
+from pbhost.process.ending import STOP_TIMEOUT
+from support import ROOT, PbhostRun, Project, free_port, http_json, pbhost_env, pid_alive, wait_for
 
 PY = sys.executable
 
@@ -438,12 +442,14 @@ def test_readyz_is_503_until_everything_is_ready_and_needs_no_token(project: Pro
     body = wait_for(lambda: (r := http_json(api.url + "/readyz"))[0] == 503
                     and r[1]["notReady"] == ["slow"] and r[1], 15, "503 naming only slow")
     assert body == {"status": 503, "ready": False, "notReady": ["slow"]}
+    assert docker_healthcheck(api.url) == 1  # the Docker example's HEALTHCHECK: unhealthy
     assert http_json(api.url + "/livez") == (200, {"status": 200, "live": True})
     assert http_json(api.url + "/api/pm/list")[0] == 401  # the rest still needs the token
     assert http_json(api.url + "/readyz", "POST")[0] == 405
     (project.root / "go").touch()
     wait_for(lambda: http_json(api.url + "/readyz") == (
         200, {"status": 200, "ready": True, "notReady": []}), 15, "/readyz 200")
+    assert docker_healthcheck(api.url) == 0
     # A sidecar stopped on request does not count (it is meant to be down).
     assert http_json(f"{api.url}/api/pm/idle/stop", "POST", token=api.token)[0] == 200
     assert http_json(api.url + "/readyz")[0] == 200
@@ -464,3 +470,34 @@ def test_probe_keys_are_checked_like_the_others(project: Project) -> None:
     assert '"livenessProbe.perod" is not a key of this probe (did you mean "period"?)' in err
     assert '"readinessProbe.tcp" must name an IP address or localhost' in err
 
+
+
+def docker_healthcheck(api_url: str) -> int:
+    """Run the Docker example's HEALTHCHECK command against `api_url`; its exit code."""
+    text = (ROOT / "examples" / "docker" / "Dockerfile").read_text()
+    match = re.search(r'^\s*CMD \["python", "-c", "(.*)"\]$', text.split("HEALTHCHECK", 1)[1],
+                      re.M)
+    assert match is not None and "http://127.0.0.1:8091/readyz" in match.group(1)
+    code = match.group(1).replace("http://127.0.0.1:8091", api_url)
+    return subprocess.run([PY, "-c", code], capture_output=True, timeout=30).returncode
+
+
+def test_the_kubernetes_example_probes_pbhost_and_waits_long_enough() -> None:
+    docs = list(yaml.safe_load_all((ROOT / "examples" / "kubernetes" / "statefulset.yaml")
+                                   .read_text()))
+    kinds = {d["kind"]: d for d in docs}
+    pod = kinds["StatefulSet"]["spec"]["template"]["spec"]
+    (box,) = pod["containers"]
+    env = {e["name"]: e["value"] for e in box["env"]}
+    ports = {p["name"]: p["containerPort"] for p in box["ports"]}
+    assert ports["control"] == int(env["PBHOST_API"].rsplit(":", 1)[1])
+    assert box["livenessProbe"]["httpGet"] == {"path": "/livez", "port": "control"}
+    assert box["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "control"}
+    assert [p["port"] for p in kinds["Service"]["spec"]["ports"]] == [8090]  # no API port
+    claim = kinds["StatefulSet"]["spec"]["volumeClaimTemplates"][0]["metadata"]["name"]
+    assert {"name": claim, "mountPath": "/app/pb_data"} in box["volumeMounts"]
+    # The image's app: every sidecar's stopTimeout (one after the other, at worst), then
+    # PocketBase's.
+    app = json.loads((ROOT / "examples" / "docker" / "app" / "pb_processes.json").read_text())
+    longest = sum(parse_duration(p.get("stopTimeout", "5s")) for p in app) + STOP_TIMEOUT
+    assert pod["terminationGracePeriodSeconds"] > longest
