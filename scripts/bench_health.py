@@ -34,33 +34,21 @@ PROBE_PERIOD = 1.0
 REACT = {"period": 0.5, "timeout": 0.2, "failureThreshold": 3}
 BOUND = REACT["period"] * REACT["failureThreshold"] + REACT["timeout"] + 0.1
 
+# Serves GET /; with HANG=1 it answers only until a random moment 1-1.5 s into its run, then
+# never again: the request in hand blocks the single-threaded server, later connections queue
+# unanswered in the backlog. It says when it stopped answering and when SIGTERM arrived.
 SERVER = """\
-import http.server, os
-class Handler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        self.send_response(200)
-        self.send_header("Content-Length", "2")
-        self.end_headers()
-        self.wfile.write(b"ok")
-    def log_message(self, *args):
-        pass
-server = http.server.HTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler)
-print("serving", flush=True)
-server.serve_forever()
-"""
-# Answers until a random moment 1-1.5 s into its run, then never again (the request in hand
-# blocks the single-threaded server; later connections queue unanswered in the backlog).
-HANGING = """\
 import http.server, os, random, signal, threading, time
 hung = threading.Event()
 def term(*_):
     print(f"term {time.monotonic():.6f}", flush=True)
     os._exit(0)
-signal.signal(signal.SIGTERM, term)
 def hang():
     hung.set()
     print(f"hang {time.monotonic():.6f}", flush=True)
-threading.Timer(1.0 + random.random() * 0.5, hang).start()
+if os.environ.get("HANG") == "1":
+    signal.signal(signal.SIGTERM, term)
+    threading.Timer(1.0 + random.random() * 0.5, hang).start()
 class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         while hung.is_set():
@@ -72,6 +60,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 server = http.server.HTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler)
+print("serving", flush=True)
 server.serve_forever()
 """
 
@@ -126,11 +115,11 @@ def probe_cpu(root: Path, window: float) -> dict[str, Any]:
 
 
 def reaction(root: Path, runs: int) -> dict[str, Any]:
-    spec = {"id": "web", "script": "hanging.py", "interpreter": PY,
-            "env": {"PORT": str(free_port())},
+    spec = {"id": "web", "script": "server.py", "interpreter": PY,
+            "env": {"PORT": str(free_port()), "HANG": "1"},
             "livenessProbe": {"http": "http://127.0.0.1:${PORT}/", "period": "500ms",
                               "timeout": "200ms", "failureThreshold": 3}}
-    folder = _project(root / "react", [spec], {"hanging.py": HANGING})
+    folder = _project(root / "react", [spec], {"server.py": SERVER})
     # A run that passed its probe 0.5 s in counts as healthy: restarted at once, no backoff.
     host = _serve(root, folder, PBHOST_HEALTHY_SECONDS="0.5")
     times: list[float] = []

@@ -3,7 +3,7 @@
 independent ones in parallel, PocketBase last); the exit code.
 
 Which sidecars wait, and for what, is re-evaluated after every change of any process (state or
-readiness), once per loop turn; the rules themselves are in depends.py.
+readiness), once per loop turn: startorder.py, with the rules in depends.py.
 
 What else must happen at those moments (dev-mode watchers, the PocketBase hook's log bridge)
 plugs in as a `Companion` (hostview.py), given to the Host when it is made; the host knows no
@@ -24,7 +24,7 @@ from pbhost.errors import UnknownProcess
 from pbhost.orphans.sweep import Sweeper
 from pbhost.pocketbase.binary import PB_ID, PocketBaseInfo, pocketbase_env
 from pbhost.pocketbase.localhttp import request_status
-from pbhost.process.depends import DepState, dependents, jobs, unmet, waiting_text, with_pocketbase
+from pbhost.process.depends import jobs, with_pocketbase
 from pbhost.process.ending import STOP_TIMEOUT
 from pbhost.process.hostview import Companion
 from pbhost.process.launch import plan_launch, sidecar_env
@@ -32,7 +32,8 @@ from pbhost.process.monitor import RunMonitor
 from pbhost.process.reaper import Reaper
 from pbhost.process.runtime import SystemRuntime
 from pbhost.process.spawn import Child
-from pbhost.process.state import ALIVE, COMING_UP, HEALTHY_RUN, ProcessState
+from pbhost.process.startorder import StartOrder
+from pbhost.process.state import COMING_UP, HEALTHY_RUN, ProcessState
 from pbhost.process.supervisor import Launch, Policy, Supervisor
 from pbhost.production.notify import Notifier, status_line
 
@@ -97,10 +98,9 @@ class Host:
         self._done: asyncio.Future[int] | None = None
         self._health_task: asyncio.Task[None] | None = None
         self._sidecars_started = False
-        self._pb_gate_forced = False   # PocketBase never became healthy: start them anyway
-        self._pending: dict[str, None] = {}  # autostart sidecars not started yet, file order
-        self._evaluation_due = False
-        self._stuck_told: dict[str, tuple[str, ...]] = {}  # what a waiter was last warned of
+        self.order = StartOrder(self.graph, self.get,
+                                lambda proc_id: self.specs[proc_id].autostart,
+                                lambda: self.shutting_down)
         self.started = asyncio.Event()  # set once the autostart sidecars have been spawned
         self.forced = False  # a second Ctrl-C killed everything at once
         self._snapshot_due = False
@@ -144,8 +144,7 @@ class Host:
     # -- following state changes ----------------------------------------------------------
     def _on_state(self, sup: Supervisor) -> None:
         self._schedule_snapshot()
-        if self._pending:
-            self._schedule_evaluation()
+        self.order.schedule()
         if sup is not self.pocketbase:
             if sup.child is None and sup.last_exit is not None:
                 # What the run left outside its group is unsupervised now.
@@ -172,66 +171,7 @@ class Host:
         if self.notifier.enabled:
             self.notifier.status(status_line(self.supervisors))
 
-    # -- dependencies -----------------------------------------------------------------------
-    def _schedule_evaluation(self) -> None:
-        if not self._evaluation_due:
-            self._evaluation_due = True
-            asyncio.get_running_loop().call_soon(self._evaluate)
-
-    def dep_state(self, proc_id: str) -> DepState:
-        """What the conditions of others see of `proc_id`."""
-        sup = self.get(proc_id)
-        if sup is self.pocketbase:
-            return DepState(alive=sup.state in ALIVE, ready=sup.ready or self._pb_gate_forced,
-                            completed=False, state=str(sup.state), reason=sup.last_error,
-                            gave_up=sup.state is S.CRASHED)
-        completed = sup.completed and sup.state is S.STOPPED
-        reason = sup.last_error
-        gave_up = sup.state is S.CRASHED
-        if sup.state is S.STOPPED and not completed and proc_id not in self._pending:
-            gave_up = True  # it will not start on its own
-            reason = "stopped on request" if sup.held else (
-                "autostart is off" if not self.specs[proc_id].autostart else reason)
-        return DepState(alive=sup.state in ALIVE, ready=sup.ready, completed=completed,
-                        state=str(sup.state), reason=reason, gave_up=gave_up)
-
-    def _evaluate(self) -> None:
-        """Start every pending sidecar whose dependencies are met; tell the others why not."""
-        self._evaluation_due = False
-        if self.shutting_down:
-            return
-        for proc_id in list(self._pending):
-            sup = self.get(proc_id)
-            if sup.held or sup.child is not None or sup.state is not S.STOPPED:
-                del self._pending[proc_id]  # started or stopped on request meanwhile
-                sup.set_waiting((), None)
-                continue
-            deps = self.graph[proc_id]
-            states = {dep: self.dep_state(dep) for dep in deps if self._known(dep)}
-            waiting = unmet(deps, states)
-            if not waiting:
-                del self._pending[proc_id]
-                sup.set_waiting((), None)
-                sup.spawn_now()
-                continue
-            sup.set_waiting(waiting, waiting_text(deps, waiting, states))
-            self._tell_waiting(sup, waiting, states)
-
-    def _known(self, proc_id: str) -> bool:
-        return proc_id == PB_ID or proc_id in self.specs
-
-    def _tell_waiting(self, sup: Supervisor, waiting: Sequence[str],
-                      states: Mapping[str, DepState]) -> None:
-        """One line when a sidecar first waits for another (waiting for PocketBase alone is
-        the normal start, not worth a line), one warning when what it waits for gave up."""
-        stuck = tuple(dep for dep in waiting if dep not in states or states[dep].gave_up)
-        if sup.id not in self._stuck_told and waiting != [PB_ID]:
-            log.info("%s: %s", sup.id, sup.waiting_text)
-        if stuck and stuck != self._stuck_told.get(sup.id):
-            log.warning("%s: %s; it starts once that is fixed (`pbhost start %s`)", sup.id,
-                        sup.waiting_text, stuck[0])
-        self._stuck_told[sup.id] = stuck
-
+    # -- readiness ------------------------------------------------------------------------
     def not_ready(self) -> list[str]:
         """What keeps /readyz from 200: PocketBase and every autostart sidecar must be ready
         (a job may have completed instead; one stopped on request does not count)."""
@@ -266,7 +206,7 @@ class Host:
             if loop.time() > deadline:
                 log.error("PocketBase has not answered %s/api/health for %.0fs; starting the "
                           "sidecars anyway", self.settings.pb.url, self.settings.health_timeout)
-                self._pb_gate_forced = True
+                self.order.pocketbase_forced = True
                 self._start_sidecars()
                 return
             await asyncio.sleep(HEALTH_POLL)
@@ -274,10 +214,7 @@ class Host:
     def _queue_sidecars(self) -> None:
         """Every autostart sidecar waits for its dependencies from now on; those that only
         wait for PocketBase to be spawned start at once."""
-        for sup in self.sidecars:
-            if self.specs[sup.id].autostart:
-                self._pending[sup.id] = None
-        self._evaluate()
+        self.order.wait_for([sup.id for sup in self.sidecars if self.specs[sup.id].autostart])
 
     def _start_sidecars(self) -> None:
         """PocketBase is healthy for the first time: what waited for that alone starts now,
@@ -285,7 +222,7 @@ class Host:
         if self._sidecars_started:
             return
         self._sidecars_started = True
-        self._evaluate()
+        self.order.evaluate()
         self.started.set()
         for sup in self.sidecars:
             if not self.specs[sup.id].autostart:
@@ -343,8 +280,8 @@ class Host:
             companion.shutting_down()  # e.g. no reload may start a sidecar being stopped
         if self._health_task is not None:
             self._health_task.cancel()
-        self._pending.clear()
-        await self._stop_sidecars()
+        self.order.clear()
+        await self.order.stop(self.sidecars)
         # What escaped the sidecars' groups was re-parented to us when they ended.
         longest = max((s.policy.stop_timeout for s in self.sidecars), default=STOP_TIMEOUT)
         await self.sweeper.end_all(0.0 if self.forced else longest)
@@ -357,24 +294,6 @@ class Host:
         if self.ledger is not None:
             self.ledger.clear()
             self.ledger = None  # a state change still queued must not write it again
-
-
-    async def _stop_sidecars(self) -> None:
-        """Each sidecar stops once those that depend on it have stopped; all the others at
-        once, so a shutdown takes as long as its longest chain, not the sum of all stops."""
-        loop = asyncio.get_running_loop()
-        done = {sup.id: loop.create_future() for sup in self.sidecars}
-        after = dependents({sup.id: self.graph.get(sup.id, {}) for sup in self.sidecars})
-
-        async def stop_one(sup: Supervisor) -> None:
-            try:
-                first = [done[dep] for dep in after.get(sup.id, ()) if dep in done]
-                if first:
-                    await asyncio.wait(first)
-                await sup.stop()
-            finally:
-                done[sup.id].set_result(None)
-        await asyncio.gather(*(stop_one(sup) for sup in self.sidecars))
 
 
 async def health_ok(pb: PocketBaseInfo, timeout: float = 1.0) -> bool:
