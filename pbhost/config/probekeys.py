@@ -92,9 +92,14 @@ def _parse_probe(value: Any, fc: FieldContext, kinds: tuple[str, ...],
         if key == "failureThreshold" and key not in known:
             problems.append((key, "does not apply to a readiness probe: it is tried until it "
                                   "passes, then it stops (a livenessProbe restarts on failures)"))
+        elif key in WAITED and key not in known:
+            problems.append((key, "is for a readinessProbe only: it says when a process has "
+                                  "come up, not whether it is still alive"))
         elif key not in known:
             problems.append((str(key), f"is not a key of this probe{suggest(str(key), known)}"))
     chosen = [k for k in kinds if k in value]
+    if problems and not chosen:
+        raise Invalid(parts=problems)  # the kind was misspelt or misplaced: said above
     if len(chosen) != 1:
         names = ", ".join(f'"{k}"' for k in kinds)
         problems.append(("", f"needs exactly one of {names}" if not chosen else
@@ -115,7 +120,7 @@ def _parse_probe(value: Any, fc: FieldContext, kinds: tuple[str, ...],
     if kind in WAITED:
         waits_for = "the line" if kind == "logLine" else "READY=1"
         problems += [(key, f'does not apply to a "{kind}" probe (it waits for {waits_for}, '
-                           "without polling)") for key in TIMING if key in value]
+                           "without polling)") for key in TIMING if key in value and key in known]
     else:
         for key, default in defaults.items():
             try:
