@@ -83,9 +83,13 @@ def test_list_shows_every_process_pocketbase_first(shared: Api) -> None:
     assert [p["id"] for p in procs] == ["pocketbase", "ticker", "quiet"]
     for p in procs:
         assert set(p) == {"id", "pid", "status", "startTime", "uptime", "restartCount",
-                          "lastError", "cpu", "memory", "memoryLimit", "devMode", "interpreter"}
+                          "lastError", "cpu", "memory", "memoryLimit", "devMode", "interpreter",
+                          "ready", "health", "waitingFor", "notifyStatus"}
         assert p["memoryLimit"] is None  # no maxMemory set
         assert p["status"] == "running" and pid_alive(p["pid"])
+        # No probes, nothing waited for, nothing said over sd_notify: ready, nothing to say.
+        assert (p["ready"], p["health"], p["waitingFor"], p["notifyStatus"]) == (
+            True, None, [], None)
         assert p["uptime"] > 0 and re.fullmatch(r"\d{4}-\d\d-\d\dT[\d:.]+Z", p["startTime"])
         assert p["memory"] > 1 << 20 and p["cpu"] >= 0 and p["lastError"] is None
     by_id = {p["id"]: p for p in procs}
@@ -219,6 +223,8 @@ def test_metrics_in_prometheus_text_format(shared: Api) -> None:
     assert (resp.getheader("content-type") or "").startswith("text/plain")
     assert 'pbhost_process_up{id="pocketbase"} 1' in text
     assert 'pbhost_process_status{id="ticker",status="running"} 1' in text
+    assert 'pbhost_process_ready{id="pocketbase"} 1' in text
+    assert 'pbhost_process_ready{id="ticker"} 1' in text
     assert re.search(r'pbhost_process_memory_bytes\{id="ticker"\} \d{6,}\n', text)
     for name in ("restarts_total", "uptime_seconds", "cpu_percent"):
         assert f'pbhost_process_{name}{{id="quiet"}} ' in text

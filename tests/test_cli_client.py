@@ -49,15 +49,17 @@ def test_ls_prints_a_table(running: PbhostRun) -> None:
     res = pbhost(running.root, "ls")
     assert res.returncode == 0, res.stderr
     lines = res.stdout.splitlines()
-    assert lines[0].split() == ["id", "pid", "status", "uptime", "restarts", "cpu", "memory"]
+    assert lines[0].split() == ["id", "pid", "status", "ready", "uptime", "restarts", "cpu",
+                                "memory", "health"]
     rows = {ln.split()[0]: ln.split() for ln in lines[1:] if ln.strip()}
     procs = api_list(running)
     pb = rows["pocketbase"]
-    assert pb[1] == str(procs["pocketbase"]["pid"]) and pb[2] == "running"
-    assert re.fullmatch(r"\d+[smhd]", pb[3]) and re.fullmatch(r"\d+\.\d%", pb[5])
-    assert pb[7] in ("KiB", "MiB", "GiB") and float(pb[6]) > 0
-    assert rows["ticker"][2] == "running"
-    assert rows["later"][1:3] == ["-", "stopped"]
+    assert pb[1] == str(procs["pocketbase"]["pid"]) and pb[2:4] == ["running", "yes"]
+    assert re.fullmatch(r"\d+[smhd]", pb[4]) and re.fullmatch(r"\d+\.\d%", pb[6])
+    assert pb[8] in ("KiB", "MiB", "GiB") and float(pb[7]) > 0
+    assert pb[9] == "-"  # nothing to say about its health
+    assert rows["ticker"][2:4] == ["running", "yes"]
+    assert rows["later"][1:4] == ["-", "stopped", "-"]
     assert list(rows) == ["pocketbase", "ticker", "later"]
     assert "\x1b[" not in res.stdout  # no colour codes into a pipe
 

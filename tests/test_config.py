@@ -441,3 +441,109 @@ def test_ids_that_api_routes_would_shadow_are_refused(tmp_path: Path, name: str)
     assert info.value.problems == [
         f'process "{name}": "id" must not be "{name}": the control API uses /api/pm/{name} '
         'for itself']
+
+
+# ---------------------------------------------------------------------------------------------
+# Health and order: probes, watchdog, dependsOn
+
+
+def test_probes_with_their_defaults_and_port_written_once(root: Path) -> None:
+    cfg = load(root, [agent(
+        env={"PORT": "8001"},
+        livenessProbe={"http": "http://localhost:${PORT}/health?deep=1"},
+        readinessProbe={"tcp": "${PORT}", "successThreshold": 2},
+        watchdog="30s", dependsOn={"pocketbase": "started"})])
+    spec = cfg.processes[0]
+    live, ready = spec.liveness, spec.readiness
+    assert live is not None and ready is not None
+    assert (live.kind, live.host, live.port, live.path) == ("http", "127.0.0.1", 8001,
+                                                             "/health?deep=1")
+    assert (live.initial_delay, live.period, live.timeout, live.failure_threshold,
+            live.success_threshold) == (0.0, 10.0, 1.0, 3, 1)       # Kubernetes' defaults
+    assert (ready.kind, ready.host, ready.port, ready.period, ready.success_threshold) == (
+        "tcp", "127.0.0.1", 8001, 1.0, 2)                           # readiness: every second
+    assert live.label == "GET /health?deep=1" and ready.label == "TCP 8001"
+    assert spec.watchdog == 30.0 and dict(spec.depends_on) == {"pocketbase": "started"}
+
+
+def test_a_probe_value_falls_back_to_pbhosts_environment(root: Path) -> None:
+    cfg = load(root, [agent(livenessProbe={"exec": ["curl", "-f", "${HEALTH_URL}"],
+                                           "timeout": "2s"})],
+               environ={"HEALTH_URL": "http://127.0.0.1:9/x"})
+    probe = cfg.processes[0].liveness
+    assert probe is not None and probe.argv == ("curl", "-f", "http://127.0.0.1:9/x")
+
+
+def test_waiting_probes_take_no_timing_keys(root: Path) -> None:
+    cfg = load(root, [agent(readinessProbe={"logLine": r"Uvicorn running on \S+$"})])
+    probe = cfg.processes[0].readiness
+    assert probe is not None and probe.kind == "logLine" and probe.label.startswith("log line /")
+    assert problems(root, [agent(readinessProbe={"notify": True, "timeout": "1s"})]) == [
+        'process "ai-agent": "readinessProbe.timeout" does not apply to a "notify" probe '
+        '(it waits for READY=1, without polling)']
+
+
+def test_probe_errors_name_the_key_inside_the_probe(root: Path) -> None:
+    found = problems(root, [agent(
+        livenessProbe={"http": "https://127.0.0.1/", "timout": "1s", "period": "10ms",
+                       "successThreshold": 2, "failureThreshold": 0},
+        readinessProbe={"logLine": "(unclosed", "failureThreshold": 3},
+        dependsOn={"redis": "redy"})])
+    assert found == [
+        'process "ai-agent": "livenessProbe.timout" is not a key of this probe '
+        '(did you mean "timeout"?)',
+        'process "ai-agent": "livenessProbe.http" must be an http:// URL such as '
+        'http://127.0.0.1:8001/health, got string "https://127.0.0.1/"',
+        'process "ai-agent": "livenessProbe.period" must be at least 100ms, got string "10ms"',
+        'process "ai-agent": "livenessProbe.failureThreshold" must be a whole number >= 1, '
+        'got number 0',
+        'process "ai-agent": "livenessProbe.successThreshold" must be 1 for a liveness probe '
+        '(as in Kubernetes: one success clears its failures), got number 2',
+        'process "ai-agent": "readinessProbe.failureThreshold" does not apply to a readiness '
+        'probe: it is tried until it passes, then it stops (a livenessProbe restarts on '
+        'failures)',
+        'process "ai-agent": "readinessProbe.logLine" is not a valid regular expression: '
+        'missing ), unterminated subpattern at position 0',
+        'process "ai-agent": "dependsOn.redis" must be one of "started", "ready", '
+        '"completed", got string "redy" (did you mean "ready"?)',
+    ]
+
+
+@pytest.mark.parametrize("probe,message", [
+    ({}, 'needs exactly one of "http", "tcp", "exec"'),
+    ({"http": "http://127.0.0.1/", "tcp": "1"}, "has 2 kinds (http, tcp); choose one"),
+    ({"logLine": "x"}, "is for a readinessProbe only"),
+    ({"htpp": "http://127.0.0.1/"}, 'is not a key of this probe (did you mean "http"?)'),
+    ({"tcp": "db.internal:5432"}, "must name an IP address or localhost"),
+    ({"tcp": "127.0.0.1:99999"}, 'must be "HOST:PORT"'),
+    ({"exec": "curl -f x"}, 'write ["sh", "-c", "curl -f x"]'),
+    ({"exec": ["ok", 3]}, "item 1 is number 3"),
+    ({"tcp": "1", "status": 200}, 'applies to an "http" probe only'),
+    ("http://x", "must be an object"),
+])
+def test_bad_liveness_probes(root: Path, probe: Any, message: str) -> None:
+    found = problems(root, [agent(livenessProbe=probe)])
+    assert len(found) == 1 and message in found[0], found
+
+
+def test_dependency_problems_across_the_file(root: Path) -> None:
+    found = problems(root, [
+        agent(dependsOn={"workr": "started", "pocketbase": "completed"}),
+        {"id": "worker", "script": "./agent/main.py", "dependsOn": {"queue": "ready"}},
+        {"id": "queue", "script": "./agent/main.py", "dependsOn": {"worker": "completed"}},
+    ])
+    assert found == [
+        'process "ai-agent": "dependsOn.pocketbase" must be one of "started", "ready" '
+        '(PocketBase never completes), got string "completed"',
+        'process "worker": "dependsOn" forms a cycle: worker -> queue -> worker',
+    ]
+    found = problems(root, [agent(dependsOn={"workr": "started"}),
+                            {"id": "worker", "script": "./agent/main.py"}])
+    assert found == ['process "ai-agent": "dependsOn" names "workr", which is not configured '
+                     '(did you mean "worker"?)']
+
+
+def test_notify_socket_in_env_would_silence_ready_and_watchdog(root: Path) -> None:
+    assert problems(root, [agent(env={"NOTIFY_SOCKET": "/run/x"}, watchdog="5s")]) == [
+        'process "ai-agent": "env" sets NOTIFY_SOCKET, so pbhost cannot hear the process\'s '
+        'READY=1 / WATCHDOG=1 (remove it from "env")']

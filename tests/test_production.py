@@ -390,7 +390,9 @@ def test_sd_notify_ready_after_health_then_stopping(project: Project, abstract: 
         out = run.output()
         assert out.index("PocketBase is healthy") < out.index("s: started")
         assert "STATUS=pocketbase running; 1/1 sidecars running" in listener.messages[ready]
-        run.wait_line("notify=unset")  # the sidecars cannot speak for the service
+        # The sidecars cannot speak for the service: each has a NOTIFY_SOCKET of its own.
+        own = run.wait_line("notify=@pbhost-")
+        assert listener.env not in own
         if abstract:  # WATCHDOG_USEC=200ms: a ping every 100ms
             wait_for(lambda: sum(m == "WATCHDOG=1" for m in listener.poll()) >= 3, 10,
                      "three watchdog pings")

@@ -3,65 +3,30 @@
 Every branch of the policy (quick failures back off 1, 2, 4 s; a healthy run resets; a requested
 restart is not a failure; stop wins over restart; maxRetries -> crashed; ...) takes a fraction
 of a millisecond here instead of seconds of real processes. The supervisor runs unchanged on a
-real asyncio loop whose clock only moves when nothing is ready (like honcho's scripted
-histories, with supervisor's one-test-per-transition habit); the system is a fake `Runtime`
-(pbhost/process/runtime.py). The real-process tests (test_serve.py and others) stay: these add
-to them, they do not replace them.
+real asyncio loop whose clock only moves when nothing is ready (tests/vclock.py; like honcho's
+scripted histories, with supervisor's one-test-per-transition habit); the system is a fake
+`Runtime` (pbhost/process/runtime.py) whose children follow a script. The real-process tests
+(test_serve.py and others) stay: these add to them, they do not replace them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
-import selectors
 import signal
 import time
-from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
 from pbhost.process.spawn import Child, SpawnError
 from pbhost.process.state import BACKOFF_CAP, ProcessState
 from pbhost.process.supervisor import Launch, Policy, Supervisor
+from vclock import run_virtual
 
 S = ProcessState
-T = TypeVar("T")
-
-
-# -- a loop on virtual time -------------------------------------------------------------------
-class _InstantSelector(selectors.DefaultSelector):
-    """Never waits: when nothing is ready, the loop's clock jumps to its next timer instead."""
-
-    def __init__(self, clock: VirtualLoop) -> None:
-        super().__init__()
-        self._clock = clock
-
-    def select(self, timeout: float | None = None) -> list[tuple[Any, int]]:
-        ready: list[tuple[Any, int]] = super().select(0)
-        if not ready:
-            if timeout is None:
-                raise RuntimeError("the scripted history is stuck: nothing is scheduled")
-            self._clock.now += max(timeout, 0.0)
-        return ready
-
-
-class VirtualLoop(asyncio.SelectorEventLoop):
-    def __init__(self) -> None:
-        self.now = 0.0
-        super().__init__(_InstantSelector(self))
-
-    def time(self) -> float:
-        return self.now
-
-
-def run(coro: Coroutine[Any, Any, T]) -> T:
-    loop = VirtualLoop()
-    try:
-        return loop.run_until_complete(coro)
-    finally:
-        loop.close()
 
 
 # -- scripted children ------------------------------------------------------------------------
@@ -185,7 +150,7 @@ def test_quick_failures_wait_1_2_4_seconds() -> None:
         sup.spawn_now()
         await until(rt, lambda: len(rt.spawns) == 4)
 
-    run(history())
+    run_virtual(history)
     assert gaps(rt) == [1.0, 2.0, 4.0]
     assert sup.failures == 3 and sup.restart_count == 3
     assert states[:4] == [S.STARTING, S.RUNNING, S.BACKOFF, S.STARTING]
@@ -200,7 +165,7 @@ def test_backoff_doubles_from_its_base_and_stops_at_the_cap() -> None:
         sup.spawn_now()
         await until(rt, lambda: len(rt.spawns) == 10)
 
-    run(history())
+    run_virtual(history)
     assert gaps(rt) == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, BACKOFF_CAP, BACKOFF_CAP, BACKOFF_CAP]
 
 
@@ -213,7 +178,7 @@ def test_a_healthy_run_restarts_at_once_and_resets_the_count() -> None:
         sup.spawn_now()
         await until(rt, lambda: len(rt.spawns) == 5)
 
-    run(history())
+    run_virtual(history)
     # two quick failures (1 s, 2 s), a healthy 12 s run (at once), then 1 s again
     assert gaps(rt) == [1.0, 2.0, 0.0, 1.0]
     assert sup.failures == 1
@@ -231,7 +196,7 @@ def test_max_retries_quick_failures_mark_it_crashed_and_start_gives_a_new_budget
         assert await sup.start() is not None
         assert sup.failures == 0 and sup.last_error is None
 
-    run(history())
+    run_virtual(history)
     assert states.count(S.CRASHED) == 1
     assert len(rt.spawns) == 4
 
@@ -244,7 +209,7 @@ def test_a_process_that_cannot_start_is_crashed_at_once_with_the_reason() -> Non
         assert sup.spawn_now() is None
         await asyncio.sleep(60)
 
-    run(history())
+    run_virtual(history)
     assert sup.state is S.CRASHED
     assert states == [S.STARTING, S.CRASHED]
     assert sup.last_error == "command not found: agent"
@@ -262,7 +227,7 @@ def test_a_requested_restart_is_not_a_failure() -> None:
         second = await sup.restart()
         assert second is not None and second != first
 
-    run(history())
+    run_virtual(history)
     assert gaps(rt) == [0.0]  # the new one starts as soon as the old group is gone
     assert sup.failures == 0 and sup.restart_count == 1
     assert sup.state is S.RUNNING
@@ -278,7 +243,7 @@ def test_a_restart_of_a_crashed_process_gives_a_fresh_budget() -> None:
         await until(rt, lambda: sup.state is S.CRASHED)
         assert await sup.restart() is not None
 
-    run(history())
+    run_virtual(history)
     assert sup.state is S.RUNNING and sup.failures == 0
 
 
@@ -291,7 +256,7 @@ def test_a_stubborn_child_gets_sigkill_at_the_stop_timeout() -> None:
         await asyncio.sleep(1)
         await sup.stop()
 
-    run(history())
+    run_virtual(history)
     (t_term, term), (t_kill, kill) = rt.signals
     assert (term, kill) == (signal.SIGTERM, signal.SIGKILL)
     assert t_kill - t_term == pytest.approx(3.0, abs=0.03)
@@ -310,7 +275,7 @@ def test_stop_wins_over_a_restart_under_way() -> None:
         await sup.stop()
         return await restart
 
-    assert run(history()) is None
+    assert run_virtual(history) is None
     assert sup.state is S.STOPPED
     assert len(rt.spawns) == 1  # the restart never spawned a second process
 
@@ -324,7 +289,7 @@ def test_a_burst_of_restarts_ends_with_one_new_process() -> None:
         await asyncio.sleep(1)
         return list(await asyncio.gather(*(sup.restart() for _ in range(20))))
 
-    pids = run(history())
+    pids = run_virtual(history)
     assert len(rt.spawns) == 2 or len(rt.spawns) == 3  # the first one, one or two restarts
     assert len(set(pids)) <= 2 and sup.state is S.RUNNING
     assert pids[-1] == sup.pid
@@ -340,7 +305,7 @@ def test_stopping_a_process_in_backoff_cancels_its_restart() -> None:
         await sup.stop()
         await asyncio.sleep(60)
 
-    run(history())
+    run_virtual(history)
     assert len(rt.spawns) == 1
     assert states[-1] is S.STOPPED
 
@@ -354,7 +319,7 @@ def test_a_process_stopped_on_request_stays_stopped() -> None:
         await sup.stop()
         await asyncio.sleep(600)
 
-    run(history())
+    run_virtual(history)
     assert sup.state is S.STOPPED and len(rt.spawns) == 1 and rt.exits == [pytest.approx(0.0)]
 
 
@@ -366,7 +331,7 @@ def test_start_of_a_running_process_returns_its_pid_without_a_second_spawn() -> 
         first = sup.spawn_now()
         return first, await sup.start()
 
-    first, again = run(history())
+    first, again = run_virtual(history)
     assert first == again and len(rt.spawns) == 1
 
 
@@ -378,5 +343,5 @@ def test_an_exit_during_stop_is_not_a_failure() -> None:
         sup.spawn_now()
         await sup.stop()
 
-    run(history())
+    run_virtual(history)
     assert sup.failures == 0 and S.BACKOFF not in states

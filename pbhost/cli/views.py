@@ -7,7 +7,7 @@ from typing import Any, Sequence
 
 import click
 
-COLUMNS = ("id", "pid", "status", "uptime", "restarts", "cpu", "memory")
+COLUMNS = ("id", "pid", "status", "ready", "uptime", "restarts", "cpu", "memory", "health")
 STATUS_COLOURS = {"running": "green", "starting": "cyan", "backoff": "yellow",
                   "stopping": "yellow", "stopped": "bright_black", "crashed": "red"}
 STREAM_COLOURS = {"stderr": "red", "system": "blue"}
@@ -51,9 +51,18 @@ def _memory(p: dict[str, Any]) -> str:
 def _row(p: dict[str, Any]) -> list[str]:
     running = p.get("pid") is not None
     return [str(p["id"]), str(p["pid"]) if running else "-", str(p["status"]),
+            ("yes" if p.get("ready") else "no") if running else "-",
             duration(p.get("uptime") or 0) if running else "-", str(p.get("restartCount", 0)),
             f"{p.get('cpu', 0):.1f}%" if running else "-",
-            _memory(p) if running else "-"]
+            _memory(p) if running else "-", _health(p)]
+
+
+def _health(p: dict[str, Any]) -> str:
+    """The health text, then what the process says of itself (sd_notify STATUS=), quoted."""
+    parts = [str(p["health"])] if p.get("health") else []
+    if p.get("notifyStatus"):
+        parts.append(f'"{p["notifyStatus"]}"')
+    return " ".join(parts) or "-"
 
 
 def table(processes: Sequence[dict[str, Any]]) -> str:

@@ -12,7 +12,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from pbhost.config import template
 
@@ -35,7 +35,12 @@ _SIZE_HINT = 'a size with its unit, such as "512M" or "2G" (K, M, G, T: KiB, MiB
 
 
 class Invalid(Exception):
-    """One problem with one value; the caller adds the process and key in front."""
+    """One problem with one value; the caller adds the process and key in front. A value with
+    keys of its own (a probe) may carry several, each under its key: `parts`."""
+
+    def __init__(self, message: str = "", parts: Sequence[tuple[str, str]] = ()) -> None:
+        super().__init__(message or "; ".join(text for _, text in parts))
+        self.parts: tuple[tuple[str, str], ...] = tuple(parts) or (("", message),)
 
 
 @dataclass
@@ -52,6 +57,9 @@ class Context:
 class FieldContext:
     ctx: Context
     label: str                     # `process "ai-agent"`, for warnings (which are not raised)
+    # The process's own `env` as parsed so far ("env" comes before the keys that use it), for
+    # `${PORT}` in probe values: the process's own value first, then pbhost's environment.
+    own_env: Mapping[str, str] = field(default_factory=dict)
 
 
 def parse_duration(value: object) -> float:
@@ -164,6 +172,25 @@ def _env_string(name: str, raw: Any) -> str:
     if isinstance(raw, (bool, int, float)):
         return json.dumps(raw)
     raise Invalid(f'entry {name} must be a string, number or boolean, got {describe(raw)}')
+
+
+def expand(text: str, lookup: Mapping[str, str], what: str, fc: FieldContext) -> str:
+    """${VAR} and ${VAR:-default} from `lookup` (config/template.py's language); $$ is a
+    literal $. `what` names the value in messages: `env PORT`, `livenessProbe`. An unset
+    name becomes an empty string, with a warning."""
+    try:
+        value, unset = template.expand(text, lookup)
+    except ValueError as exc:
+        raise Invalid(f"{_entry(what)}has {exc}") from None
+    for var in unset:
+        fc.ctx.warnings.append(f"{fc.label}: {what} refers to ${{{var}}}, "
+                               f"which is not set (using an empty string)")
+    return value
+
+
+def _entry(what: str) -> str:
+    # Inside "env" the message names the variable; elsewhere the key is in front already.
+    return f"entry {what[4:]} " if what.startswith("env ") else ""
 
 
 def _parse_interpreter(value: Any, fc: FieldContext) -> str:
@@ -296,6 +323,24 @@ def _duration(value: Any) -> float:
         return parse_duration(value)
     except ValueError as exc:
         raise Invalid(str(exc)) from None
+
+
+def suggest(key: str, known: Iterable[str]) -> str:
+    """` (did you mean "devMode"?)` for a misspelt key, else ""."""
+    known = list(known)
+    # Case and separators first: "devmode", "dev_mode" and "max-retries" are the usual slips.
+    folded = {_fold(name): name for name in known}
+    match = folded.get(_fold(key))
+    if match is None:
+        import difflib  # only a misspelt key pays for it
+
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.7)
+        match = close[0] if close else None
+    return f' (did you mean "{match}"?)' if match else ""
+
+
+def _fold(key: str) -> str:
+    return key.replace("_", "").replace("-", "").lower()
 
 
 def describe(value: Any) -> str:

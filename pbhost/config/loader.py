@@ -9,20 +9,26 @@ from __future__ import annotations
 
 import json
 import os
-from collections import Counter
+from collections import ChainMap, Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
 
-from pbhost.config import template
-from pbhost.config.keys import FIELDS, Context, FieldContext, Invalid, describe
+from pbhost.config import probekeys, template
+from pbhost.config.keys import FIELDS as VALUE_FIELDS
+from pbhost.config.keys import Context, FieldContext, Invalid, describe, suggest
+from pbhost.config.probekeys import ProbeSpec
 from pbhost.errors import ConfigError
+from pbhost.process.depends import graph_problems
 from pbhost.process.ending import STOP_TIMEOUT
 
 __all__ = ["CONFIG_NAMES", "LoadedConfig", "ProcessSpec", "find_config", "load_config"]
 
 CONFIG_NAMES = ("pb_processes.json", "pb_processes.yaml", "pb_processes.yml")
+# Every key of a process object, parsed in this order: the health and order keys come after
+# "env", whose values their `${VAR}` may use.
+FIELDS = {**VALUE_FIELDS, **probekeys.FIELDS}
 DEFAULT_BACKOFF = 1.0
 DEFAULT_DEBOUNCE = 0.5
 DEFAULT_MAX_MEMORY_FOR = 10.0  # seconds over maxMemory before pbhost restarts the process
@@ -54,6 +60,12 @@ class ProcessSpec:
     pb_logs: str = "stderr"
     max_memory: int | None = None  # bytes over the whole process tree; None: no limit
     max_memory_for: float = DEFAULT_MAX_MEMORY_FOR
+    liveness: ProbeSpec | None = None
+    readiness: ProbeSpec | None = None
+    watchdog: float | None = None  # seconds without WATCHDOG=1 before it counts as hung
+    # {"redis": "ready", "migrate": "completed"}, as written (no implicit pocketbase here).
+    depends_on: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}),
+                                          hash=False)
 
     def __post_init__(self) -> None:
         # The default watch set depends on cwd, which a field default cannot express.
@@ -61,6 +73,8 @@ class ProcessSpec:
             object.__setattr__(self, "watch_paths", (self.cwd,))
         if not isinstance(self.env, MappingProxyType):
             object.__setattr__(self, "env", MappingProxyType(dict(self.env)))
+        if not isinstance(self.depends_on, MappingProxyType):
+            object.__setattr__(self, "depends_on", MappingProxyType(dict(self.depends_on)))
 
 
 @dataclass(frozen=True)
@@ -187,7 +201,17 @@ def _parse_top_level(data: Any, ctx: Context) -> list[ProcessSpec]:
         spec = _parse_entry(index, raw, ctx)
         if spec is not None:
             specs.append(spec)
+    _check_dependencies(specs, first_index, ctx)
     return specs
+
+
+def _check_dependencies(specs: list[ProcessSpec], first_index: Mapping[str, int],
+                        ctx: Context) -> None:
+    """Across processes, once every entry has parsed: ids that exist (any entry with that id,
+    even one with problems of its own), and no cycle."""
+    graph = {spec.id: spec.depends_on for spec in specs}
+    for proc_id, problem in graph_problems(graph, first_index):
+        ctx.problems.append(f'process "{proc_id}": "dependsOn" {problem}')
 
 
 def _check_unique_id(index: int, raw: Any, first_index: dict[str, int], ctx: Context) -> None:
@@ -217,13 +241,18 @@ def _parse_entry(index: int, raw: Any, ctx: Context) -> ProcessSpec | None:
     before = len(ctx.problems)
     _check_keys(label, raw, ctx)
     values: dict[str, Any] = {}
+    own_env: Mapping[str, str] | None = None
     for key, parse in FIELDS.items():
         if key not in raw:
             continue
+        if key in probekeys.FIELDS and own_env is None:
+            own_env = _own_env(values, ctx)  # "env" and "envFile" are parsed by now
         try:
-            values[key] = parse(raw[key], FieldContext(ctx, label))
+            values[key] = parse(raw[key], FieldContext(ctx, label, own_env or {}))
         except Invalid as exc:
-            ctx.problems.append(f'{label}: "{key}" {exc}')
+            for sub, problem in exc.parts:
+                ctx.problems.append(f'{label}: "{key}.{sub}" {problem}' if sub
+                                    else f'{label}: "{key}" {problem}')
     _check_combinations(label, raw, values, ctx)
     if len(ctx.problems) > before:
         return None
@@ -231,29 +260,28 @@ def _parse_entry(index: int, raw: Any, ctx: Context) -> ProcessSpec | None:
     return _build_spec(values, ctx)
 
 
+def _own_env(values: Mapping[str, Any], ctx: Context) -> dict[str, str]:
+    """The process's own variables as its probes' `${PORT}` see them, once, at load: its
+    envFile values under its `env` (expanded). Each start reads the files again for the
+    environment itself; a file that cannot be read is reported there and by `pbhost check`."""
+    files: dict[str, str] = {}
+    if values.get("envFile"):
+        from pbhost.config.envfile import EnvFileError, read_env_files  # python-dotenv
+        try:
+            files = read_env_files(values["envFile"], ctx.environ)
+        except EnvFileError:
+            pass
+    lookup = ChainMap(files, dict(ctx.environ))
+    env = {name: template.expand(text, lookup)[0] for name, text in values.get("env", {}).items()}
+    return {**files, **env}
+
+
 def _check_keys(label: str, raw: Mapping[Any, Any], ctx: Context) -> None:
     for key in getattr(raw, "duplicates", ()):
         ctx.problems.append(f'{label}: key "{key}" appears twice')
     for key in raw:
         if key not in FIELDS:
-            ctx.problems.append(f'{label}: unknown key "{key}"{_suggest(str(key))}')
-
-
-def _suggest(key: str) -> str:
-    """` (did you mean "devMode"?)` for a misspelt key, else ""."""
-    # Case and separators first: "devmode", "dev_mode" and "max-retries" are the usual slips.
-    folded = {_fold(known): known for known in FIELDS}
-    match = folded.get(_fold(key))
-    if match is None:
-        import difflib  # only a misspelt key pays for it
-
-        close = difflib.get_close_matches(key, list(FIELDS), n=1, cutoff=0.7)
-        match = close[0] if close else None
-    return f' (did you mean "{match}"?)' if match else ""
-
-
-def _fold(key: str) -> str:
-    return key.replace("_", "").replace("-", "").lower()
+            ctx.problems.append(f'{label}: unknown key "{key}"{suggest(str(key), FIELDS)}')
 
 
 def _check_combinations(label: str, raw: Mapping[Any, Any], values: Mapping[str, Any],
@@ -267,6 +295,11 @@ def _check_combinations(label: str, raw: Mapping[Any, Any], values: Mapping[str,
     if "command" in values and values.get("interpreter", "auto") != "auto":
         ctx.problems.append(f'{label}: "interpreter" applies to "script" only; '
                             f'a "command" runs as written')
+    readiness = values.get("readinessProbe")
+    if "NOTIFY_SOCKET" in values.get("env", {}) and (
+            "watchdog" in values or (readiness is not None and readiness.kind == "notify")):
+        ctx.problems.append(f'{label}: "env" sets NOTIFY_SOCKET, so pbhost cannot hear the '
+                            f'process\'s READY=1 / WATCHDOG=1 (remove it from "env")')
 
 
 def _warn(label: str, values: Mapping[str, Any], ctx: Context) -> None:
@@ -306,6 +339,10 @@ def _build_spec(values: Mapping[str, Any], ctx: Context) -> ProcessSpec:
         env_files=values.get("envFile", ()),
         max_memory=values.get("maxMemory"),
         max_memory_for=values.get("maxMemoryFor", DEFAULT_MAX_MEMORY_FOR),
+        liveness=values.get("livenessProbe"),
+        readiness=values.get("readinessProbe"),
+        watchdog=values.get("watchdog"),
+        depends_on=values.get("dependsOn", {}),
     )
 
 

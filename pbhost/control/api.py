@@ -6,10 +6,12 @@
     GET  /api/pm/{id}             one process
     GET  /api/pm/{id}/logs        recent lines (?lines=N, default 100; ?follow=1: SSE)
     POST /api/pm/{id}/restart|stop|start
+    GET  /livez  /readyz          for orchestrators' probes: no token
 
 Every request is authenticated first (auth.py): without a valid token nothing, not even the
-list of ids, is shown. The bodies are documented in docs/api.md; a PocketBase JS hook relays
-them verbatim, so their shape is a contract.
+list of ids, is shown. Only /livez and /readyz answer without one, and they say no more than
+alive, ready, and the ids of what is not ready. The bodies are documented in docs/api.md; a
+PocketBase JS hook relays them verbatim, so their shape is a contract.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ MAX_LINES = 10_000
 FOLLOW_QUEUE = 10_000      # lines a slow follower may lag behind before lines are dropped
 HEARTBEAT = 15.0           # seconds between SSE comments, so dead clients are noticed
 ACTIONS = ("restart", "stop", "start")
+PROBES = ("/livez", "/readyz")  # answered without a token
 
 
 def error(status: int, message: str) -> Response:
@@ -78,6 +81,8 @@ class ControlApi:
 
     # -- entry point ----------------------------------------------------------------------
     async def handle(self, req: Request) -> Response | StreamResponse:
+        if req.path in PROBES:
+            return self.probe(req)
         verdict = await self.auth.check(req.headers.get("authorization"))
         if not verdict.ok:
             return error(verdict.status, verdict.message)
@@ -116,6 +121,19 @@ class ControlApi:
             return await self.act(sup, parts[1])
         return error(404, "The requested resource wasn't found.")
 
+    # -- orchestrators' probes ---------------------------------------------------------------
+    def probe(self, req: Request) -> Response:
+        """/livez: the loop answers, so pbhost is alive. /readyz: 200 once PocketBase and every
+        autostart sidecar are ready, else 503 with the ids of those that are not."""
+        if req.method not in ("GET", "HEAD"):
+            return _not_allowed("GET")
+        if req.path == "/livez":
+            return Response(200, _json({"status": 200, "live": True}))
+        waiting = self.host.not_ready()
+        status = 503 if waiting else 200
+        return Response(status, _json({"status": status, "ready": not waiting,
+                                       "notReady": waiting}))
+
     # -- reading --------------------------------------------------------------------------
     def processes(self) -> list[dict[str, Any]]:
         sups = self.host.supervisors
@@ -137,6 +155,8 @@ class ControlApi:
             "memoryLimit": spec.max_memory if spec is not None else None,
             "devMode": bool(spec.dev_mode) if spec is not None else False,
             "interpreter": sup.interpreter,
+            "ready": sup.ready, "health": sup.health, "waitingFor": list(sup.waiting_for),
+            "notifyStatus": sup.notify_status,
         }
 
     def metrics(self) -> str:
@@ -150,6 +170,9 @@ class ControlApi:
 
         family("pbhost_process_up", "gauge", "1 while the process is running.",
                lambda p: 1 if p["status"] == ProcessState.RUNNING.value else 0)
+        family("pbhost_process_ready", "gauge",
+               "1 while the process is ready (running, its readiness gate passed).",
+               lambda p: 1 if p["ready"] else 0)
         family("pbhost_process_restarts_total", "counter", "Restarts since pbhost started.",
                lambda p: p["restartCount"])
         family("pbhost_process_uptime_seconds", "gauge", "Seconds since the current run began.",

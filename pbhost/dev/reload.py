@@ -54,6 +54,10 @@ class Reloader:
         if sup.held:  # stopped on request (even if the stop is still under way)
             log.info("%s: %s changed; not reloading, it is stopped", sup.id, self._display(path))
             return
+        if sup.waiting_for:  # not started yet: it starts (with the new code) once they are met
+            log.info("%s: %s changed; not reloading, it is %s", sup.id, self._display(path),
+                     sup.waiting_text)
+            return
         task = self._loop.create_task(sup.restart(f"{self._display(path)} changed"))
         self._tasks.add(task)  # the loop keeps only a weak reference to a task
         task.add_done_callback(self._finished)

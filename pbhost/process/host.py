@@ -1,5 +1,9 @@
-"""The ordered set of supervisors: PocketBase first, sidecars once it is healthy; shutdown in
-reverse (sidecars in parallel, PocketBase last); the exit code.
+"""The ordered set of supervisors: PocketBase first, each sidecar once its dependencies are met
+(by default: PocketBase healthy); shutdown in reverse (dependents before their dependencies,
+independent ones in parallel, PocketBase last); the exit code.
+
+Which sidecars wait, and for what, is re-evaluated after every change of any process (state or
+readiness), once per loop turn: startorder.py, with the rules in depends.py.
 
 What else must happen at those moments (dev-mode watchers, the PocketBase hook's log bridge)
 plugs in as a `Companion` (hostview.py), given to the Host when it is made; the host knows no
@@ -10,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,12 +26,15 @@ from pbhost.errors import UnknownProcess
 from pbhost.orphans.sweep import Sweeper
 from pbhost.pocketbase.binary import PB_ID, PocketBaseInfo, pocketbase_env
 from pbhost.pocketbase.localhttp import request_status
+from pbhost.process.depends import jobs, with_pocketbase
 from pbhost.process.ending import STOP_TIMEOUT
 from pbhost.process.hostview import Companion
 from pbhost.process.launch import prepare_launch
+from pbhost.process.monitor import RunMonitor
 from pbhost.process.reaper import Reaper
 from pbhost.process.runtime import SystemRuntime
 from pbhost.process.spawn import Child
+from pbhost.process.startorder import StartOrder
 from pbhost.process.state import COMING_UP, HEALTHY_RUN, ProcessState
 from pbhost.process.supervisor import Launch, LaunchError, Policy, Supervisor
 from pbhost.production.notify import Notifier, status_line
@@ -45,6 +53,9 @@ PB_MAX_RETRIES = 3          # quick failures before pbhost gives up on PocketBas
 HEALTH_POLL = 0.02          # seconds between /api/health probes while PocketBase starts
 HEALTH_TIMEOUT = 60.0       # seconds to wait for PocketBase's first health 200
 SHUTDOWN_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
+PB_WAIT_TEXT = "not ready: waiting for GET /api/health -> 200"
+SYSTEM_ID = "pbhost"        # in /readyz's list while pbhost itself is stopping
+S = ProcessState
 
 
 @dataclass(frozen=True)
@@ -75,6 +86,9 @@ class Host:
         self.reaper = Reaper()
         self.runtime = SystemRuntime(self.reaper, stream)
         self.specs = {spec.id: spec for spec in settings.processes}
+        # id -> {dependency: condition}, the implicit "pocketbase": "ready" filled in.
+        self.graph = {spec.id: with_pocketbase(spec.depends_on) for spec in settings.processes}
+        self._socket_name = f"pbhost-{os.getpid()}-{os.urandom(4).hex()}"  # + id + run number
         self.pocketbase = Supervisor(
             PB_ID, self._pb_launch,
             Policy(max_retries=PB_MAX_RETRIES, stop_timeout=STOP_TIMEOUT,
@@ -86,6 +100,9 @@ class Host:
         self._done: asyncio.Future[int] | None = None
         self._health_task: asyncio.Task[None] | None = None
         self._sidecars_started = False
+        self.order = StartOrder(self.graph, self.get,
+                                lambda proc_id: self.specs[proc_id].autostart,
+                                lambda: self.shutting_down)
         self.started = asyncio.Event()  # set once the autostart sidecars have been spawned
         self.forced = False  # a second Ctrl-C killed everything at once
         self._snapshot_due = False
@@ -129,12 +146,17 @@ class Host:
             return Launch(plan.argv, env, str(spec.cwd), plan.interpreter)
 
         policy = Policy(max_retries=spec.max_retries, backoff=spec.backoff,
-                        stop_timeout=spec.stop_timeout, healthy_run=self.settings.healthy_run)
-        return Supervisor(spec.id, prepare, policy, self.runtime, on_change=self._on_state)
+                        stop_timeout=spec.stop_timeout, healthy_run=self.settings.healthy_run,
+                        gated=spec.readiness is not None, one_shot=spec.id in jobs(self.graph))
+        monitor = RunMonitor(spec, self.runtime, self.stream,
+                             f"{self._socket_name}-{spec.id}")
+        return Supervisor(spec.id, prepare, policy, self.runtime, on_change=self._on_state,
+                          hooks=monitor)
 
     # -- following state changes ----------------------------------------------------------
     def _on_state(self, sup: Supervisor) -> None:
         self._schedule_snapshot()
+        self.order.schedule()
         if sup is not self.pocketbase:
             if sup.child is None and sup.last_exit is not None:
                 # What the run left outside its group is unsupervised now.
@@ -161,6 +183,20 @@ class Host:
         if self.notifier.enabled:
             self.notifier.status(status_line(self.supervisors))
 
+    # -- readiness ------------------------------------------------------------------------
+    def not_ready(self) -> list[str]:
+        """What keeps /readyz from 200: PocketBase and every autostart sidecar must be ready
+        (a job may have completed instead; one stopped on request does not count)."""
+        if self.shutting_down:
+            return [SYSTEM_ID]
+        out = [] if self.pocketbase.ready else [PB_ID]
+        for sup in self.sidecars:
+            if not self.specs[sup.id].autostart or (sup.held and sup.state is S.STOPPED):
+                continue
+            if not (sup.ready or (sup.completed and sup.state is S.STOPPED)):
+                out.append(sup.id)
+        return out
+
     # -- health ---------------------------------------------------------------------------
     def _watch_health(self) -> None:
         if self._health_task is None or self._health_task.done():
@@ -171,6 +207,7 @@ class Host:
         deadline = loop.time() + self.settings.health_timeout
         pb = self.pocketbase
         while pb.state in COMING_UP:
+            pb.probe_text = PB_WAIT_TEXT
             if pb.child is not None and await health_ok(self.settings.pb):
                 pb.mark_running()
                 log.info("PocketBase is healthy at %s", self.settings.pb.url)
@@ -181,19 +218,26 @@ class Host:
             if loop.time() > deadline:
                 log.error("PocketBase has not answered %s/api/health for %.0fs; starting the "
                           "sidecars anyway", self.settings.pb.url, self.settings.health_timeout)
+                self.order.pocketbase_forced = True
                 self._start_sidecars()
                 return
             await asyncio.sleep(HEALTH_POLL)
 
+    def _queue_sidecars(self) -> None:
+        """Every autostart sidecar waits for its dependencies from now on; those that only
+        wait for PocketBase to be spawned start at once."""
+        self.order.wait_for([sup.id for sup in self.sidecars if self.specs[sup.id].autostart])
+
     def _start_sidecars(self) -> None:
+        """PocketBase is healthy for the first time: what waited for that alone starts now,
+        in this very turn of the loop (no wait for the next evaluation)."""
         if self._sidecars_started:
             return
         self._sidecars_started = True
+        self.order.evaluate()
         self.started.set()
         for sup in self.sidecars:
-            if self.specs[sup.id].autostart:
-                sup.spawn_now()
-            else:
+            if not self.specs[sup.id].autostart:
                 log.info("%s: autostart is off; start it with `pbhost start %s`", sup.id, sup.id)
         self.notifier.ready(status_line(self.supervisors))
 
@@ -213,6 +257,7 @@ class Host:
                 self.pocketbase.spawn_now()
             for companion in self.companions:  # after PocketBase's spawn: never delays it
                 companion.started(self)
+            self._queue_sidecars()
             code = await self._done
             await self._shutdown()
             return EXIT_FORCED if self.forced else code
@@ -247,7 +292,8 @@ class Host:
             companion.shutting_down()  # e.g. no reload may start a sidecar being stopped
         if self._health_task is not None:
             self._health_task.cancel()
-        await asyncio.gather(*(sup.stop() for sup in self.sidecars))
+        self.order.clear()
+        await self.order.stop(self.sidecars)
         # What escaped the sidecars' groups was re-parented to us when they ended.
         longest = max((s.policy.stop_timeout for s in self.sidecars), default=STOP_TIMEOUT)
         await self.sweeper.end_all(0.0 if self.forced else longest)

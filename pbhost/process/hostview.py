@@ -40,6 +40,10 @@ class HostView(Protocol):
     def get(self, proc_id: str) -> Supervisor:
         """The supervisor of `proc_id`; UnknownProcess if there is none."""
 
+    def not_ready(self) -> list[str]:
+        """Ids keeping pbhost from being ready (PocketBase and the autostart sidecars), or
+        ["pbhost"] while it shuts down; [] when everything is ready."""
+
 
 class Companion:
     """Something that acts at the host's moments; each hook does nothing unless overridden."""

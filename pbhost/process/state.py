@@ -13,7 +13,8 @@ class ProcessState(str, Enum):
     RUNNING = "running"
     BACKOFF = "backoff"      # exited too soon; waiting before the next start
     STOPPING = "stopping"    # SIGTERM sent to the group, waiting for it to go
-    STOPPED = "stopped"      # stopped on request (or never started: autostart false)
+    STOPPED = "stopped"      # stopped on request; or not started yet (autostart false, waiting
+                             # for its dependencies); or a job that completed (exit code 0)
     CRASHED = "crashed"      # gave up: maxRetries quick failures, or cannot be started at all
 
     def __str__(self) -> str:
@@ -28,7 +29,8 @@ HALTED = frozenset({S.STOPPING, S.STOPPED})      # stopped, or being stopped, on
 ALLOWED: dict[ProcessState, frozenset[ProcessState]] = {
     S.STOPPED: frozenset({S.STARTING, S.CRASHED}),
     S.STARTING: frozenset({S.RUNNING, S.BACKOFF, S.CRASHED, S.STOPPING, S.STARTING}),
-    S.RUNNING: frozenset({S.STARTING, S.BACKOFF, S.CRASHED, S.STOPPING}),
+    # RUNNING -> STOPPED: a job (a process others wait for as `completed`) exited with code 0.
+    S.RUNNING: frozenset({S.STARTING, S.BACKOFF, S.CRASHED, S.STOPPING, S.STOPPED}),
     S.BACKOFF: frozenset({S.STARTING, S.STOPPED, S.CRASHED, S.STOPPING}),
     # STARTING: a restart; BACKOFF or CRASHED: pbhost's own restart of a process that went
     # over its memory limit right after starting, which counts as a quick failure.

@@ -4,6 +4,10 @@ Every state change goes through `_set_state`, which checks the allowed moves in 
 Exit statuses arrive from the runtime (the reaper, for real processes); nothing here waits on
 a child. Everything the supervisor does to the system goes through its `Runtime`, so the fast
 policy tests can drive it with scripted children and a virtual clock.
+
+Readiness is the supervisor's too: a run is `ready` once its readiness gate passed (at once
+without one). What watches a run (probes, the notify socket: monitor.py) plugs in as
+`RunHooks` and reports back through `mark_ready`, `fail_run` and the health texts.
 """
 
 from __future__ import annotations
@@ -51,17 +55,36 @@ class Policy:
     stop_timeout: float = STOP_TIMEOUT
     healthy_run: float = HEALTHY_RUN
     needs_ready: bool = False  # True: stays STARTING until the host calls mark_running()
+    gated: bool = False        # True: a run is ready only once its readiness gate passes
+    one_shot: bool = False     # a job: an exit with code 0 ends it (stopped, `completed`)
+
+
+class RunHooks:
+    """What watches each run (monitor.py); every hook does nothing unless overridden."""
+
+    def env(self) -> Mapping[str, str]:
+        """Extra environment for the next run (its NOTIFY_SOCKET), made just before the spawn;
+        the process's own `env` wins over it."""
+        return {}
+
+    def begin(self, sup: Supervisor, child: Child, launch: Launch | None) -> None:
+        """A run began (`launch` is None for a child spawned before the loop existed)."""
+
+    def end(self) -> None:
+        """The run is over or being stopped: stop watching it. Called more than once."""
 
 
 class Supervisor:
     def __init__(self, proc_id: str, prepare: Callable[[], Launch], policy: Policy,
                  runtime: Runtime,
-                 on_change: Callable[[Supervisor], None] | None = None) -> None:
+                 on_change: Callable[[Supervisor], None] | None = None,
+                 hooks: RunHooks | None = None) -> None:
         self.id = proc_id
         self.policy = policy
         self._prepare = prepare
         self._runtime = runtime
         self._on_change = on_change
+        self._hooks = hooks or RunHooks()
         self.state = S.STOPPED
         self.child: Child | None = None
         self.failures = 0
@@ -76,6 +99,14 @@ class Supervisor:
         self._queued: asyncio.Future[int | None] | None = None
         self._stop_gen = 0                   # bumped by stop(): a restart under way yields to it
         self.held = False                    # stopped on request: reloads leave it alone
+        # Health: what `ready`, `health` and the API's fields are made of.
+        self._ready = False                  # this run's readiness gate passed
+        self.probe_text: str | None = None   # the monitor's word: "not ready: GET / -> 503"
+        self.notify_status: str | None = None  # the last STATUS= of this run (sd_notify)
+        self.waiting_for: tuple[str, ...] = ()  # dependencies not met yet (set by the host)
+        self.waiting_text: str | None = None
+        self.completed = False               # a job whose last run exited with code 0
+        self._failing: tuple[Child, str, bool] | None = None  # a liveness kill under way
 
     # -- queries --------------------------------------------------------------------------
     @property
@@ -87,6 +118,25 @@ class Supervisor:
         if self.child is None or self.state not in ALIVE:
             return 0.0
         return self._runtime.now() - self.child.started
+
+    @property
+    def ready(self) -> bool:
+        """Running, and its readiness gate (if any) passed in this run."""
+        return self.state is S.RUNNING and self._ready and self._failing is None
+
+    @property
+    def health(self) -> str | None:
+        """A short word on health for people: `ready`, `not ready: GET /health -> 503`,
+        `liveness failing 2/3 (...)`, `waiting for redis (ready)`; None: nothing to say."""
+        if self.waiting_text is not None:
+            return self.waiting_text
+        if self.completed and self.state is S.STOPPED:
+            return "completed"
+        if self.state not in ALIVE:
+            return None
+        if self.probe_text is not None:
+            return self.probe_text
+        return "ready" if self.policy.gated and self._ready else None
 
     # -- state ----------------------------------------------------------------------------
     def _set_state(self, new: ProcessState) -> None:
@@ -100,41 +150,87 @@ class Supervisor:
         if self._on_change is not None:
             self._on_change(self)
 
+    def _changed(self) -> None:
+        """Something a watcher cares about changed without a state move (readiness)."""
+        if self._on_change is not None:
+            self._on_change(self)
+
     def mark_running(self) -> None:
         if self.state is S.STARTING:
+            self._ready = True
+            self.probe_text = None
             self._set_state(S.RUNNING)
+
+    # -- health: reported by the run's monitor ----------------------------------------------
+    def mark_ready(self, child: Child, how: str) -> None:
+        """`child`'s readiness gate passed (a stale report for an earlier run is ignored)."""
+        if self.child is not child or self._ready or self._failing is not None:
+            return
+        self._ready = True
+        self.probe_text = None
+        log.info("%s: ready (%s)", self.id, how)
+        self._changed()
+
+    def set_waiting(self, waiting: Sequence[str], text: str | None) -> None:
+        """The host's word on dependencies: those not met yet, and how that reads."""
+        self.waiting_for = tuple(waiting)
+        self.waiting_text = text if waiting else None
+
+    def fail_run(self, child: Child, reason: str, healthy: bool) -> None:
+        """`child` failed its liveness check (or its watchdog): stop its group the way a stop
+        does (SIGTERM, stopTimeout, SIGKILL) and, once it has exited, restart it as after a
+        crash: at once if the run had been `healthy` for long enough, else with backoff,
+        counted towards maxRetries. `reason` becomes lastError."""
+        if self.child is not child or self.state not in ALIVE or self._failing is not None:
+            return
+        self._failing = (child, reason, healthy)
+        self._hooks.end()  # no further probe may pile a second failure on this one
+        self.probe_text = f"{reason}; restarting"
+        log.error("%s: %s; restarting", self.id, reason)
+        exited = self._exited
+        start_ending(ending(alive([self._group(child.pgid)]), self.policy.stop_timeout,
+                            clock=self._runtime.now, on_signal=self._told(exited)))
+        self._changed()
 
     # -- spawning -------------------------------------------------------------------------
     def spawn_now(self) -> int | None:
         """Start one run now. A process that cannot be started at all (command not found, not
         executable, cwd gone) is `crashed` at once: retrying the same exec cannot succeed."""
         self._cancel_backoff()
+        self.completed = False
+        self.set_waiting((), None)
         self._set_state(S.STARTING)
         try:
             launch = self._prepare()
             self.interpreter = launch.interpreter
-            child = self._runtime.spawn(launch.argv, launch.env, launch.cwd)
+            # The run's own NOTIFY_SOCKET and friends; a key the user set in `env` wins.
+            env = {**self._hooks.env(), **launch.env}
+            child = self._runtime.spawn(launch.argv, env, launch.cwd)
         except SpawnError as exc:
             self._cannot_start(exc.strerror or str(exc))
             return None
         except LaunchError as exc:
             self._cannot_start(str(exc))
             return None
-        self.adopt(child)
+        self.adopt(child, Launch(launch.argv, env, launch.cwd, launch.interpreter))
         return child.pid
 
     def _cannot_start(self, reason: str) -> None:
+        self._hooks.end()
         self.last_error = reason
         self.failures += 1
         log.error("%s: cannot start: %s; marked crashed (fix it, then `pbhost start %s`)",
                   self.id, reason, self.id)
         self._set_state(S.CRASHED)
 
-    def adopt(self, child: Child) -> None:
+    def adopt(self, child: Child, launch: Launch | None = None) -> None:
         """Take charge of a spawned child (also one spawned before the loop existed)."""
         self.child = child
         self.start_wall = child.started_wall
         self._exited = asyncio.get_running_loop().create_future()
+        self._ready = not (self.policy.needs_ready or self.policy.gated)
+        self.probe_text = self.notify_status = None
+        self._failing = None
         self._runtime.watch(child, functools.partial(self._on_exit, child))
         self._runtime.attach(self.id, child)
         if self.state is not S.STARTING:
@@ -143,6 +239,9 @@ class Supervisor:
             log.info("%s: started (pid %d, %s)", self.id, child.pid, self.interpreter)
         else:
             log.info("%s: started (pid %d)", self.id, child.pid)
+        # Before any of its output can be read (that happens on a later loop turn), so a
+        # readiness log line is never missed.
+        self._hooks.begin(self, child, launch)
         if not self.policy.needs_ready:
             self._set_state(S.RUNNING)
 
@@ -151,6 +250,8 @@ class Supervisor:
         self.last_exit = exit_code(status)
         if self.child is child:
             self.child = None
+            self._hooks.end()
+        failing, self._failing = self._failing, None
         exited, self._exited = self._exited, None
         if exited is not None and not exited.done():
             exited.set_result(status)
@@ -158,7 +259,16 @@ class Supervisor:
             return  # a stop is under way; it finishes the move
         # Members of the group the leader left behind are unsupervised now; ask them to go.
         self._reap_group_later(child.pgid)
+        if failing is not None and failing[0] is child:
+            self._after_failed_run(failing[1], failing[2])
+            return
         how = describe_status(status)
+        if self.policy.one_shot and self.last_exit == 0:
+            self.completed = True
+            self.failures = 0
+            log.info("%s: completed (%s after %.1fs)", self.id, how, ran)
+            self._set_state(S.STOPPED)
+            return
         if ran >= self.policy.healthy_run:
             log.warning("%s: %s after %.1fs; restarting", self.id, how, ran)
             self.failures = 0
@@ -167,6 +277,16 @@ class Supervisor:
             return
         self.last_error = f"{how} after {ran:.1f}s"
         log.error("%s: %s", self.id, self.last_error)
+        self._after_failure()
+
+    def _after_failed_run(self, reason: str, healthy: bool) -> None:
+        """A run ended by its liveness check: restarted like a run that exited."""
+        self.last_error = reason
+        if healthy:
+            self.failures = 0
+            self.restart_count += 1
+            self.spawn_now()
+            return
         self._after_failure()
 
     def _after_failure(self) -> None:
@@ -201,27 +321,30 @@ class Supervisor:
                             clock=self._runtime.now))
 
     # -- stopping -------------------------------------------------------------------------
+    def _told(self, exited: asyncio.Future[int] | None) -> Callable[[Group, int], None]:
+        """What a stop says when it has to SIGKILL."""
+        def told(_: Group, sig: int) -> None:
+            if sig != signal.SIGKILL:
+                return
+            if exited is None or exited.done():  # the leader went in time, members did not
+                log.warning("%s: killed what was left of its process group", self.id)
+            else:
+                log.warning("%s: still running %s after SIGTERM; sending SIGKILL", self.id,
+                            _secs(self.policy.stop_timeout))
+        return told
+
     async def _terminate(self) -> None:
         """SIGTERM the group; once the leader and the rest of its group have gone, or at the
         stop timeout, SIGKILL what is left; return once the leader has been reaped."""
         child, exited = self.child, self._exited
         if child is None or exited is None:
             return
+        self._hooks.end()  # a probe failing during the stop must not restart it
         self._set_state(S.STOPPING)
-        timeout = self.policy.stop_timeout
         wake = asyncio.Event()
         exited.add_done_callback(lambda _: wake.set())
-
-        def told(_: Group, sig: int) -> None:
-            if sig != signal.SIGKILL:
-                return
-            if exited.done():  # the leader went in time, members of its group did not
-                log.warning("%s: killed what was left of its process group", self.id)
-            else:
-                log.warning("%s: still running %s after SIGTERM; sending SIGKILL", self.id,
-                            _secs(timeout))
-        await end(ending(alive([self._group(child.pgid)]), timeout, clock=self._runtime.now,
-                         on_signal=told), wake)
+        await end(ending(alive([self._group(child.pgid)]), self.policy.stop_timeout,
+                         clock=self._runtime.now, on_signal=self._told(exited)), wake)
         await exited
 
     def kill_now(self) -> None:
@@ -233,6 +356,7 @@ class Supervisor:
         """Stop and stay stopped: keep-alive leaves it alone until start() or restart()."""
         self._stop_gen += 1  # at once: a restart under way yields to this stop
         self.held = True
+        self.set_waiting((), None)  # it waits for nothing now: it stays stopped
         self._cancel_backoff()
         # In turn with start() and restart(): run alongside them, this stop could end a child
         # they had just spawned without waiting for it (then "stopped" while it runs on) or
@@ -243,6 +367,8 @@ class Supervisor:
             if self.state is not S.STOPPED:
                 self._set_state(S.STOPPED)
                 log.info("%s: stopped", self.id)
+            else:
+                self._changed()  # held now: what waits for it must hear that it will not come
 
     # -- requested operations -------------------------------------------------------------
     async def restart(self, reason: str = "requested") -> int | None:
