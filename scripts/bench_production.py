@@ -41,8 +41,8 @@ def figures(samples: list[float]) -> str:
 
 def bench_spawn(rounds: int) -> None:
     for label, hook in (("without PDEATHSIG", lambda: None),
-                        ("with PDEATHSIG", procctl.pdeathsig_hook)):
-        spawn_mod.pdeathsig_hook = hook  # type: ignore[assignment]
+                        ("with PDEATHSIG", procctl.preexec_hook)):
+        spawn_mod.preexec_hook = hook  # type: ignore[assignment]
         samples = []
         for _ in range(rounds):
             t = time.perf_counter()
@@ -53,7 +53,7 @@ def bench_spawn(rounds: int) -> None:
             os.close(child.out_fd)
             os.close(child.err_fd)
         print(f"spawn() {label:18} {figures(samples)}")
-    spawn_mod.pdeathsig_hook = procctl.pdeathsig_hook  # type: ignore[assignment]
+    spawn_mod.preexec_hook = procctl.preexec_hook  # type: ignore[assignment]
 
 
 def bench_ledger(rounds: int) -> None:
