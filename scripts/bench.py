@@ -10,7 +10,8 @@ by machine; the differences and ratios are what carry over.
 
 Figures from other parts of pbhost come from their own scripts, each exposing
 `run(quick) -> dict`: scripts/bench_logs.py (log stream), scripts/bench_reload.py (hot reload),
-scripts/bench_api.py (control API), scripts/bench_pbhook.py (PocketBase hook). A script that is
+scripts/bench_api.py (control API), scripts/bench_limits.py (what clients holding the API
+cost), scripts/bench_pbhook.py (PocketBase hook). A script that is
 not there yet shows "n/a (pending)".
 """
 
@@ -44,6 +45,7 @@ FIGURES: dict[str, Callable[[bool, int], list[Row]]] = {
     "logs": lambda quick, runs: log_rows(quick),
     "reload": lambda quick, runs: reload_rows(quick),
     "api": lambda quick, runs: helper_rows("bench_api", "control API", quick),
+    "limits": lambda quick, runs: helper_rows("bench_limits", "control API limits", quick),
     "pbhook": lambda quick, runs: helper_rows("bench_pbhook", "PocketBase hook", quick),
 }
 

@@ -6,14 +6,16 @@ h11 and asyncio streams and calls one handler per request. Imported only once th
 are spawned.
 
 Nothing a client does may take pbhost's file descriptors or its loop from keep-alive:
-- at most `Limits.max_connections` connections (a quarter of pbhost's fd limit, at most 1,024);
+- at most `Limits.max_connections` connections (an eighth of pbhost's fd limit, at most 1,024);
   a connection beyond that takes the slot of the longest-idle one (idle keep-alive first, then
   slow heads), or, when every slot is busy answering, is refused at once with a 503;
 - a request's head must arrive within `head_timeout` (slow-loris), its body within
   `body_timeout`, a client must take its answer within `write_timeout`;
 - repeated 401s on one connection are answered ever more slowly, and it is closed after 10.
-Accepting is done here (not by asyncio's server) so that a refused connection is closed at
-once, a flood is taken in small batches, and running out of fds pauses accepting instead of
+Accepting is done here (not by asyncio's server) so that a flood is cheap: what the kernel has
+queued is taken in one go, and a connection shed before its task ever ran is closed there and
+then, so a flood of 2,000 costs little more than the accepts and leaves the newest connections
+(a real client's among them) to be served. Running out of fds pauses accepting instead of
 spinning.
 """
 
@@ -38,7 +40,7 @@ MAX_HEAD = 16 << 10        # request line + headers
 MAX_BODY = 64 << 10        # the API takes no bodies; this only bounds what a client may send
 READ_SIZE = 64 << 10
 LISTEN_BACKLOG = 4096      # a flood waits in the kernel, not in pbhost (capped by somaxconn)
-ACCEPT_BATCH = 64          # connections taken per wake-up: a flood cannot hog the loop
+ACCEPT_BATCH = 1024        # connections taken per wake-up (a flood: the newest survive)
 ACCEPT_PAUSE = 0.5         # seconds not accepting after EMFILE (the socket stays readable)
 SAY_EVERY = 60.0           # seconds; refusals and accept failures are logged at most this often
 FAILURES_FREE = 3          # 401s on one connection answered at once; later ones are slowed
@@ -62,9 +64,11 @@ class Limits:
 
 
 def limits_for(fd_limit: int) -> Limits:
-    """Connections take at most a quarter of pbhost's fds, so spawns (pipes), inotify and
-    PocketBase's checks always find some: 256 under a 1024 limit, 1,024 from 4,096 up."""
-    return Limits(max_connections=max(16, min(1024, fd_limit // 4)))
+    """Connections take at most an eighth of pbhost's fds (128 under a 1024 limit, 1,024 from
+    8,192 up). In a flood, connections being shed still hold their fd for a loop turn or
+    three (asyncio closes a transport's socket on a later turn), so the cap and those together
+    stay under half the limit: spawns (pipes), inotify and PocketBase's checks keep the rest."""
+    return Limits(max_connections=max(16, min(1024, fd_limit // 8)))
 
 
 @dataclass
@@ -105,12 +109,13 @@ IDLE, SLOW, BUSY = "idle", "slow", "busy"
 
 
 class _Client:
-    __slots__ = ("sock", "unix", "task", "transport", "phase", "failures", "shed")
+    __slots__ = ("sock", "unix", "task", "started", "transport", "phase", "failures", "shed")
 
     def __init__(self, sock: socket.socket, unix: bool) -> None:
         self.sock = sock
         self.unix = unix
         self.task: asyncio.Task[None] | None = None
+        self.started = False    # its task has run: the socket may belong to a transport now
         self.transport: asyncio.WriteTransport | None = None
         self.phase = IDLE
         self.failures = 0       # 401 answers on this connection
@@ -215,17 +220,31 @@ class HttpServer:
 
     # -- accepting ------------------------------------------------------------------------
     def _accept(self, listener: socket.socket) -> None:
-        for _ in range(ACCEPT_BATCH):
-            try:
-                sock, _ = listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                if exc.errno in RESOURCE_ERRNOS:
-                    self._pause_accepting(exc)
+        fresh: list[_Client] = []
+        try:
+            for _ in range(ACCEPT_BATCH):
+                try:
+                    sock, _ = listener.accept()
+                except (BlockingIOError, InterruptedError):
                     return
-                continue  # ECONNABORTED and the like: that client is gone, take the next
-            self._admit(sock)
+                except OSError as exc:
+                    if exc.errno in RESOURCE_ERRNOS:
+                        self._pause_accepting(exc)
+                        return
+                    continue  # ECONNABORTED and the like: that client is gone, take the next
+                client = self._admit(sock)
+                if client is not None:
+                    fresh.append(client)
+        finally:
+            # Tasks only for the connections the batch left standing: in a flood, those shed
+            # by later ones in the same batch cost an accept and a close, nothing more.
+            loop = asyncio.get_running_loop()
+            for client in fresh:
+                if not client.shed:
+                    client.task = loop.create_task(self._connection(client))
+                    # A task cancelled before it ran never reaches its `finally`: close the
+                    # socket here too (twice is harmless: a transport shares this object).
+                    client.task.add_done_callback(functools.partial(self._closed, client))
 
     def _pause_accepting(self, exc: OSError) -> None:
         """Out of fds: the listening socket stays readable, so waiting is the only way not to
@@ -240,17 +259,14 @@ class HttpServer:
         if self._listeners:
             self._accepting(True)
 
-    def _admit(self, sock: socket.socket) -> None:
+    def _admit(self, sock: socket.socket) -> _Client | None:
         if len(self._clients) >= self.limits.max_connections and not self._shed_one():
             self._refuse_now(sock)
-            return
+            return None
         client = _Client(sock, self._unix)
         self._clients.add(client)
         self._idle[client] = None
-        client.task = asyncio.get_running_loop().create_task(self._connection(client))
-        # A task cancelled before it ran never reaches its `finally`: close the socket here
-        # too (closing a socket object twice is harmless; the transport shares this object).
-        client.task.add_done_callback(functools.partial(self._closed, client))
+        return client
 
     def _shed_one(self) -> bool:
         """Give the slot of the longest-idle connection (else the slowest head) to a new one."""
@@ -260,7 +276,9 @@ class HttpServer:
         self._forget(victim)
         victim.shed = True
         self.shed_total += 1
-        if victim.transport is not None:
+        if not victim.started:
+            victim.sock.close()  # nothing else has it yet: its fd is free at once
+        elif victim.transport is not None:
             victim.transport.abort()  # closes the socket on the next loop turn
         if victim.task is not None:
             victim.task.cancel()
@@ -306,6 +324,7 @@ class HttpServer:
 
     # -- one connection -------------------------------------------------------------------
     async def _connection(self, client: _Client) -> None:
+        client.started = True
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
         writer: asyncio.StreamWriter | None = None
         try:

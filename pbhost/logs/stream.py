@@ -318,7 +318,7 @@ def _output_gone(exc: OSError) -> None:
     """pbhost's stdout reader went away (`pbhost serve | head`, a killed `tee`): supervising goes
     on, the rings keep every process's last lines; say so once, where someone may still read."""
     tell_stderr(f"[pbhost] its output is gone ({exc.strerror or exc}); pbhost keeps supervising "
-                "and keeps each process's last lines for `pbhost logs` and the control API\n")
+                "and keeps each process's last lines for pbhost logs and the control API\n")
 
 
 class LogStreamHandler(logging.Handler):
