@@ -141,7 +141,6 @@ class Authenticator:
         self._known: dict[str, float] = {}     # accepted superusers' record ids -> until when
         self._budget = Budget(BUDGET_BURST, BUDGET_RATE, clock)
         self._checks: asyncio.Semaphore | None = None
-        self.asked = 0                         # questions PocketBase was asked
 
     async def check(self, header: str | None) -> Verdict:
         token = bearer(header).encode("latin-1", "replace")  # headers arrive as latin-1
@@ -175,7 +174,6 @@ class Authenticator:
             verdict = self._cached(key)  # asked by another request while this one waited
             asked = verdict is None
             if verdict is None:
-                self.asked += 1
                 verdict = await self._verdict(token, key, claims)
         if not known and not (asked and verdict.status == 401):
             self._budget.give_back()  # only a refusal by PocketBase spends the budget

@@ -75,11 +75,6 @@ class Ledger:
             for proc_id, pid in current])
         self._file.put(json.dumps(body, separators=(",", ":")).encode())
 
-    @property
-    def written(self) -> bool:
-        """state.json holds the latest set of children."""
-        return self._file.current
-
     def clear(self) -> None:
         """A clean exit: nothing of ours is left, the next run has nothing to check."""
         self._file.close()
