@@ -10,9 +10,9 @@ by machine; the differences and ratios are what carry over.
 
 Figures from other parts of pbhost come from their own scripts, each exposing
 `run(quick) -> dict`: scripts/bench_logs.py (log stream), scripts/bench_reload.py (hot reload),
-scripts/bench_api.py (control API), scripts/bench_pbhook.py (PocketBase hook),
-scripts/bench_memory.py (maxMemory), scripts/bench_health.py (probes). A script that is not
-there yet shows "n/a (pending)".
+scripts/bench_api.py (control API), scripts/bench_limits.py (what clients holding the API
+cost), scripts/bench_pbhook.py (PocketBase hook), scripts/bench_memory.py (maxMemory),
+scripts/bench_health.py (probes). A script that is not there yet shows "n/a (pending)".
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ FIGURES: dict[str, Callable[[bool, int], list[Row]]] = {
     "logs": lambda quick, runs: log_rows(quick),
     "reload": lambda quick, runs: reload_rows(quick),
     "api": lambda quick, runs: helper_rows("bench_api", "control API", quick),
+    "limits": lambda quick, runs: helper_rows("bench_limits", "control API limits", quick),
     "pbhook": lambda quick, runs: helper_rows("bench_pbhook", "PocketBase hook", quick),
     "memory": lambda quick, runs: helper_rows("bench_memory", "maxMemory", quick),
     "health": lambda quick, runs: helper_rows("bench_health", "health probes", quick),

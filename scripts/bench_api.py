@@ -50,7 +50,7 @@ def _pid_gone(pid: int) -> bool:
 
 
 class Pbhost:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, wrapper: tuple[str, ...] = ()) -> None:
         for i in range(SIDECARS):
             (workdir / f"s{i}.py").write_text(IDLE)
         procs = [{"id": f"side-{i}", "script": f"s{i}.py", "interpreter": sys.executable}
@@ -60,7 +60,8 @@ class Pbhost:
         self.port = free_port()
         self.out = open(workdir / "pbhost.out", "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pbhost", "serve", "--http", f"127.0.0.1:{self.port}"],
+            [*wrapper, sys.executable, "-m", "pbhost", "serve", "--http",
+             f"127.0.0.1:{self.port}"],
             cwd=workdir, env=env, stdout=self.out, stderr=subprocess.STDOUT)
         control = workdir / "pb_data" / ".pbhost" / "control.json"
         info = _wait(lambda: json.loads(control.read_text()), "control.json")

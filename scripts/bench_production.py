@@ -44,10 +44,10 @@ def figures(samples: list[float]) -> str:
 
 def bench_spawn(rounds: int) -> None:
     for label, hook in (("without PDEATHSIG", lambda: None),
-                        ("with PDEATHSIG", procctl.pdeathsig_hook)):
+                        ("with PDEATHSIG", procctl.preexec_hook)):
         samples = []
         # spawn() looks the hook up in its own module at each call: swap it there.
-        with mock.patch.object(spawn_mod, "pdeathsig_hook", hook):
+        with mock.patch.object(spawn_mod, "preexec_hook", hook):
             for _ in range(rounds):
                 t = time.perf_counter()
                 child = spawn_mod.spawn(["/bin/true"], os.environ, "/")

@@ -322,6 +322,50 @@ def read_control(data_dir: Path, timeout: float = 15) -> dict[str, Any]:
     return info
 
 
+class Api:
+    """The control API of one running pbhost, found the way the CLI finds it: control.json."""
+
+    def __init__(self, run: PbhostRun) -> None:
+        self.run = run
+        info = read_control(run.data_dir)
+        self.control, self.url, self.token = info, info["url"], info["token"]
+
+    def get(self, path: str, token: str | None = "", **kw: Any) -> tuple[int, Any]:
+        return http_json(self.url + path, token=self.token if token == "" else token, **kw)
+
+    def post(self, path: str, token: str | None = "", **kw: Any) -> tuple[int, Any]:
+        return http_json(self.url + path, "POST", token=self.token if token == "" else token, **kw)
+
+    def body(self, path: str) -> Any:
+        """The JSON body of a GET that must answer 200."""
+        status, body = self.get(path)
+        assert status == 200, (path, body)
+        return body
+
+    def raw(self, path: str) -> bytes:
+        """The bytes of a GET that must answer 200 (metrics, the page)."""
+        req = urllib.request.Request(self.url + path,
+                                     headers={"Authorization": f"Bearer {self.token}"})
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            data: bytes = resp.read()
+            return data
+
+    def proc(self, proc_id: str) -> dict[str, Any]:
+        proc: dict[str, Any] = self.body(f"/api/pm/{proc_id}")
+        return proc
+
+    def wait(self, proc_id: str, desc: str, pred: Callable[[dict[str, Any]], bool],
+             timeout: float = 20) -> dict[str, Any]:
+        """The process's API record once `pred` holds for it."""
+        def check() -> dict[str, Any] | None:
+            proc = self.proc(proc_id)
+            return proc if pred(proc) else None
+        return wait_for(check, timeout, f"{proc_id}: {desc}")
+
+    def wait_status(self, proc_id: str, want: str, timeout: float = 15) -> dict[str, Any]:
+        return self.wait(proc_id, want, lambda p: p["status"] == want, timeout)
+
+
 # -- PocketBase superusers and users -----------------------------------------------------------
 EMAIL, PASSWORD = "root@example.com", "password123"
 

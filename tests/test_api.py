@@ -19,7 +19,7 @@ from support import (
     PY,
     STUBBORN,
     TICKER,
-    PbhostRun,
+    Api,
     Project,
     free_port,
     http_json,
@@ -28,36 +28,10 @@ from support import (
     pid_alive,
     pids_running,
     proc_environ,
-    read_control,
     upsert_superuser,
     user_token,
     wait_for,
 )
-
-
-class Api:
-    """The API of one running pbhost, found the way the CLI finds it: through control.json."""
-
-    def __init__(self, run: PbhostRun) -> None:
-        self.run = run
-        info = read_control(run.data_dir)
-        self.control, self.url, self.token = info, info["url"], info["token"]
-
-    def get(self, path: str, token: str | None = "", **kw: Any) -> tuple[int, Any]:
-        return http_json(self.url + path, token=self.token if token == "" else token, **kw)
-
-    def post(self, path: str, token: str | None = "", **kw: Any) -> tuple[int, Any]:
-        return http_json(self.url + path, "POST", token=self.token if token == "" else token, **kw)
-
-    def proc(self, proc_id: str) -> dict[str, Any]:
-        status, body = self.get(f"/api/pm/{proc_id}")
-        assert status == 200, body
-        proc: dict[str, Any] = body
-        return proc
-
-    def wait_status(self, proc_id: str, want: str, timeout: float = 15) -> dict[str, Any]:
-        return wait_for(lambda: (p := self.proc(proc_id))["status"] == want and p, timeout,
-                        f"{proc_id} {want}")
 
 
 # -- one pbhost shared by the tests that only read ---------------------------------------
@@ -401,8 +375,9 @@ def test_api_answers_while_pocketbase_is_down_or_restarting(project: Project) ->
     assert not run.healthy()
     status, procs = api.get("/api/pm/list")
     assert status == 200 and [p["status"] for p in procs] == ["stopped", "running"]
-    # A superuser token cannot be checked while PocketBase is down: 503, not a false 401.
-    assert api.get("/api/pm/list", token="not-known-yet")[0] == 503
+    # A superuser token cannot be checked while PocketBase is down: 503, not a false 401
+    # (`su` has not been used yet, so no verdict on it is cached).
+    assert api.get("/api/pm/list", token=su)[0] == 503
     status, body = api.post("/api/pm/pocketbase/start")
     assert status == 200 and body["pid"]
     run.wait_healthy()

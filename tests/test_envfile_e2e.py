@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pbhost.pocketbase.binary import find_binary
-from support import PbhostRun, Project, free_port, http_json, pbhost_env, wait_for
+from support import Api, PbhostRun, Project, free_port, http_json, pbhost_env, wait_for
 
 PY = sys.executable
 EMAIL, PASSWORD = "root@example.com", "password123"
@@ -44,23 +44,6 @@ SERVE_HTTP = """
 """
 
 
-class Api:
-    def __init__(self, run: PbhostRun) -> None:
-        path = run.data_dir / ".pbhost" / "control.json"
-        info = wait_for(lambda: json.loads(path.read_text()), 15, "control.json")
-        self.url, self.token = info["url"], info["token"]
-
-    def get(self, path: str) -> Any:
-        status, body = http_json(self.url + path, token=self.token)
-        assert status == 200, (path, body)
-        return body
-
-    def get_raw(self, path: str) -> bytes:
-        req = urllib.request.Request(self.url + path,
-                                     headers={"Authorization": f"Bearer {self.token}"})
-        with urllib.request.urlopen(req, timeout=5) as resp:
-            data: bytes = resp.read()
-            return data
 
 
 def env_line(run: PbhostRun, proc_id: str, count: int = 1) -> dict[str, Any]:
@@ -126,21 +109,21 @@ def test_a_malformed_line_fails_that_start_only_with_file_and_line(project: Proj
     reason = f"envFile {env_file}:3: the value's opening quote (\") is never closed"
     run.wait_line(f"broken: cannot start: {reason}; marked crashed")
     api = Api(run)
-    broken = wait_for(lambda: (p := api.get("/api/pm/broken"))["status"] == "crashed" and p,
+    broken = wait_for(lambda: (p := api.body("/api/pm/broken"))["status"] == "crashed" and p,
                       10, "broken crashed")
     assert broken["lastError"] == reason and broken["pid"] is None
     # PocketBase and the other sidecar serve on.
     answer = wait_for(lambda: urllib.request.urlopen(f"http://127.0.0.1:{web_port}/",
                                                      timeout=2).read(), 15, "web answers")
     assert answer == b"web ok" and run.healthy()
-    assert api.get("/api/pm/web")["status"] == "running"
+    assert api.body("/api/pm/web")["status"] == "running"
     assert "Traceback" not in run.output()
     # Fixed, and started again: the way out a user has without restarting pbhost.
     env_file.write_text('A=1\nTOKEN="terminated"\n')
     out = cli(project.root, "start", "broken")
     assert out.returncode == 0, out
     assert env_line(run, "broken") == {"A": "1", "TOKEN": "terminated"}
-    assert api.get("/api/pm/broken")["lastError"] is None
+    assert api.body("/api/pm/broken")["lastError"] is None
 
 
 def make_superuser(project: Project) -> None:
@@ -171,7 +154,7 @@ def test_secrets_never_reach_the_api_the_hook_state_json_or_the_log(project: Pro
                   "'='")
     run.wait_line("ai-agent: env UNSET_REF refers to ${NOT_SET_ANYWHERE}, which is not set")
     api = Api(run)
-    seen = [api.get_raw(path) for path in (
+    seen = [api.raw(path) for path in (
         "/api/pm/list", "/api/pm/ai-agent", "/api/pm/leaky", "/api/pm/ai-agent/logs?lines=1000",
         "/api/pm/logs?lines=1000", "/api/pm/metrics")]
     # The hook: /api/pm/* on PocketBase's own port, for a superuser.

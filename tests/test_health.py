@@ -10,13 +10,22 @@ import re
 import socket
 import subprocess
 import sys
-from typing import Any, Callable
 
 import yaml
 
 from pbhost.config.keys import parse_duration
 from pbhost.process.ending import STOP_TIMEOUT
-from support import ROOT, PbhostRun, Project, free_port, http_json, pbhost_env, pid_alive, wait_for
+from support import (
+    ROOT,
+    Api,
+    PbhostRun,
+    Project,
+    free_port,
+    http_json,
+    pbhost_env,
+    pid_alive,
+    wait_for,
+)
 
 PY = sys.executable
 
@@ -53,25 +62,6 @@ IDLE = """
 """
 
 
-class Api:
-    def __init__(self, run: PbhostRun) -> None:
-        path = run.data_dir / ".pbhost" / "control.json"
-        info = wait_for(lambda: json.loads(path.read_text()), 15, "control.json")
-        self.url, self.token = info["url"], info["token"]
-
-    def proc(self, proc_id: str) -> dict[str, Any]:
-        status, body = http_json(f"{self.url}/api/pm/{proc_id}", token=self.token)
-        assert status == 200, body
-        return dict(body)
-
-    def wait(self, proc_id: str, desc: str, pred: Callable[[dict[str, Any]], bool],
-             timeout: float = 20) -> dict[str, Any]:
-        def check() -> dict[str, Any] | None:
-            proc = self.proc(proc_id)
-            return proc if pred(proc) else None
-        found = wait_for(check, timeout, f"{proc_id}: {desc}")
-        assert found is not None
-        return found
 
 
 def pid_in(line: str) -> int:

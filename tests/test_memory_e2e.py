@@ -16,7 +16,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from support import PbhostRun, Project, http_json, pbhost_env, pid_alive, wait_for
+from support import Api, PbhostRun, Project, pbhost_env, pid_alive, wait_for
 
 PY = sys.executable
 MIB = 1 << 20
@@ -63,16 +63,6 @@ WORKERS = """
 """
 
 
-class Api:
-    def __init__(self, run: PbhostRun) -> None:
-        path = run.data_dir / ".pbhost" / "control.json"
-        info = wait_for(lambda: json.loads(path.read_text()), 15, "control.json")
-        self.url, self.token = info["url"], info["token"]
-
-    def proc(self, proc_id: str) -> dict[str, Any]:
-        status, body = http_json(f"{self.url}/api/pm/{proc_id}", token=self.token)
-        assert status == 200, body
-        return dict(body)
 
 
 def stamp(run: PbhostRun, needle: str, count: int = 1) -> float:

@@ -24,18 +24,25 @@ import logging
 import os
 from collections import deque
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Mapping
 
 from pbhost.control.address import ApiAddress
 from pbhost.control.auth import Authenticator
-from pbhost.control.controlfile import ControlInfo, remove_control, write_control
-from pbhost.control.httpserver import HttpServer, Request, Response, Send, StreamResponse
+from pbhost.control.controlfile import ControlInfo, encode_control, remove_control
+from pbhost.control.httpserver import (
+    HttpServer,
+    Request,
+    Response,
+    Send,
+    StreamResponse,
+    limits_for,
+)
 from pbhost.control.stats import GroupStats, Usage
 from pbhost.errors import UnknownProcess
 from pbhost.logs.render import SYSTEM_ID
+from pbhost.process.procctl import nofile_limit
 from pbhost.process.state import HALTED, ProcessState
-from pbhost.statedir import control_path
+from pbhost.statedir import KeptFile, control_path
 
 if TYPE_CHECKING:
     from pbhost.logs.stream import LogRecord
@@ -49,6 +56,7 @@ DEFAULT_LINES = 100
 MAX_LINES = 10_000
 FOLLOW_QUEUE = 10_000      # lines a slow follower may lag behind before lines are dropped
 HEARTBEAT = 15.0           # seconds between SSE comments, so dead clients are noticed
+MAX_FOLLOWERS = 64         # concurrent ?follow=1 streams (fewer under a low fd limit)
 ACTIONS = ("restart", "stop", "start")
 PROBES = ("/livez", "/readyz")  # answered without a token
 
@@ -74,10 +82,13 @@ def _record(rec: LogRecord) -> dict[str, Any]:
 
 class ControlApi:
     def __init__(self, host: HostView, auth: Authenticator,
-                 stats: GroupStats | None = None) -> None:
+                 stats: GroupStats | None = None, max_followers: int = MAX_FOLLOWERS) -> None:
         self.host = host
         self.auth = auth
         self.stats = stats or GroupStats()
+        self.max_followers = max_followers
+        self.followers = 0               # ?follow=1 streams open now
+        self.server: HttpServer | None = None  # for the connection figures in /metrics
 
     # -- entry point ----------------------------------------------------------------------
     async def handle(self, req: Request) -> Response | StreamResponse:
@@ -196,6 +207,16 @@ class ControlApi:
         out.append("# HELP pbhost_log_lines_dropped_total Log lines pbhost dropped because its "
                    "output could not keep up.\n# TYPE pbhost_log_lines_dropped_total counter")
         out.append(f"pbhost_log_lines_dropped_total {self.host.stream.dropped_total}")
+        if self.server is not None:
+            out.append("# HELP pbhost_api_connections Control API connections open now.\n"
+                       "# TYPE pbhost_api_connections gauge\n"
+                       f"pbhost_api_connections {self.server.connections}")
+            out.append("# HELP pbhost_api_connections_shed_total Idle connections closed to make "
+                       "room for new ones.\n# TYPE pbhost_api_connections_shed_total counter\n"
+                       f"pbhost_api_connections_shed_total {self.server.shed_total}")
+            out.append("# HELP pbhost_api_connections_refused_total Connections refused: every "
+                       "slot was busy.\n# TYPE pbhost_api_connections_refused_total counter\n"
+                       f"pbhost_api_connections_refused_total {self.server.refused_total}")
         return "\n".join(out) + "\n"
 
     def _log_ids(self, proc_id: str | None) -> list[str]:
@@ -220,12 +241,23 @@ class ControlApi:
         backlog = self._tail(ids, n)
         if query.get("follow", "0").lower() in ("", "0", "false", "no"):
             return Response(200, _json([_record(r) for r in backlog]))
+        if self.followers >= self.max_followers:
+            resp = error(503, f"Too many log streams: {self.max_followers} are open (the "
+                              "limit); close one, or read without follow=1.")
+            resp.headers.append(("retry-after", "5"))
+            return resp
         return StreamResponse(self._follow(set(ids), backlog))
 
     def _follow(self, ids: set[str], backlog: list[LogRecord]
                 ) -> Callable[[Send, asyncio.Event], Awaitable[None]]:
         async def produce(send: Send, gone: asyncio.Event) -> None:
-            await Follower(ids, self.host).run(backlog, send, gone)
+            # Counted from here: the server runs this right after logs() returned, in the
+            # same task, so no other request can slip between the check and the count.
+            self.followers += 1
+            try:
+                await Follower(ids, self.host).run(backlog, send, gone)
+            finally:
+                self.followers -= 1
         return produce
 
     # -- acting ---------------------------------------------------------------------------
@@ -241,6 +273,9 @@ class ControlApi:
             if sup.state in HALTED:
                 return error(409, f"{sup.id} was stopped while it was restarting; it stays "
                                   "stopped.")
+            if sup.state is ProcessState.BACKOFF:  # for want of resources: retried by itself
+                return error(503, f"{sup.id} cannot be started now: {sup.last_error}; pbhost "
+                                  "keeps trying.")
             return error(500, f"{sup.id} could not be started: {sup.last_error or 'see the log'}.")
         return Response(200, _json(self.describe(sup)))
 
@@ -323,15 +358,15 @@ def _label(value: str) -> str:
 class ApiHandle:
     """A listening control API and its control.json; close() undoes both."""
 
-    def __init__(self, server: HttpServer, addr: ApiAddress, control: Path | None) -> None:
+    def __init__(self, server: HttpServer, addr: ApiAddress, control: KeptFile) -> None:
         self.server = server
         self.addr = addr
         self.control = control
 
     async def close(self) -> None:
         await self.server.close()
-        if self.control is not None:
-            remove_control(self.control, os.getpid())
+        self.control.close()
+        remove_control(self.control.path, os.getpid())
         if self.addr.path:
             with contextlib.suppress(OSError):
                 os.unlink(self.addr.path)
@@ -343,7 +378,9 @@ async def start_api(host: HostView, addr: ApiAddress, token: str,
     pb = host.pb
     auth = Authenticator([token, environ.get("PBHOST_API_TOKEN", "")], pb.local_host,
                          pb.port)
-    server = HttpServer(ControlApi(host, auth).handle, error)
+    limits = limits_for(nofile_limit())
+    api = ControlApi(host, auth, max_followers=min(MAX_FOLLOWERS, limits.max_connections // 4))
+    server = api.server = HttpServer(api.handle, error, limits)
     try:
         if addr.path:
             await server.listen_unix(addr.path)
@@ -358,12 +395,9 @@ async def start_api(host: HostView, addr: ApiAddress, token: str,
         log.warning("control API listens on %s, reachable from other machines: anyone with a "
                     "token can stop your processes. Prefer loopback behind a TLS proxy.",
                     addr.url)
-    control: Path | None = None
-    try:
-        control = write_control(pb.data_dir, ControlInfo(addr.url, token, os.getpid()))
-    except OSError as exc:
-        log.error("control API: cannot write %s: %s; `pbhost ls` and friends will not find "
-                  "this pbhost (PBHOST_API_URL and PBHOST_API_TOKEN still work)",
-                  control_path(pb.data_dir), exc.strerror or exc)
+    # A disk that refuses control.json (full, read-only) is said once and retried.
+    control = KeptFile(control_path(pb.data_dir), "`pbhost ls` and friends cannot find this "
+                       "pbhost; PBHOST_API_URL and PBHOST_API_TOKEN still work")
+    control.put(encode_control(ControlInfo(addr.url, token, os.getpid())))
     log.info("control API at %s", addr.url)
     return ApiHandle(server, addr, control)

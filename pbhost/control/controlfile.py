@@ -10,8 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pbhost.statedir import control_path, write_private
-
 
 @dataclass(frozen=True)
 class ControlInfo:
@@ -20,11 +18,8 @@ class ControlInfo:
     pid: int
 
 
-def write_control(data_dir: Path, info: ControlInfo) -> Path:
-    path = control_path(data_dir)
-    write_private(path, json.dumps({"url": info.url, "token": info.token,
-                                    "pid": info.pid}).encode())
-    return path
+def encode_control(info: ControlInfo) -> bytes:
+    return json.dumps({"url": info.url, "token": info.token, "pid": info.pid}).encode()
 
 
 def remove_control(path: Path, pid: int) -> None:

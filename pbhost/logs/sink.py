@@ -27,7 +27,8 @@ _IOV_MAX = 512  # well under the kernel's 1024 iovecs per writev
 class BacklogWriter:
     """Ordered, non-blocking writes of line pieces to one fd, memory bounded by `limit`."""
 
-    def __init__(self, fd: int, limit: int, notice: Callable[[dict[str, int]], bytes]) -> None:
+    def __init__(self, fd: int, limit: int, notice: Callable[[dict[str, int]], bytes],
+                 on_broken: Callable[[OSError], None] | None = None) -> None:
         self.fd = fd
         self.limit = limit
         self.dropped: dict[str, int] = {}       # lines lost per owner, since start
@@ -43,6 +44,7 @@ class BacklogWriter:
         self._scheduled = False
         self._waiting = False                   # add_writer registered: fd is full
         self._broken = False                    # EPIPE & co: the reader is gone for good
+        self._on_broken = on_broken             # told once, when that happens
         self._holding = False                   # closing: queue only, close() writes
 
     @property
@@ -126,9 +128,11 @@ class BacklogWriter:
             n = os.writev(self.fd, bufs)
         except (BlockingIOError, InterruptedError):
             return None
-        except OSError:  # EPIPE, EIO...: nobody will ever read what we write
+        except OSError as exc:  # EPIPE, EIO...: nobody will ever read what we write
             self._broken = True
             self._discard_rest()
+            if self._on_broken is not None:
+                self._on_broken(exc)
             return 0
         self._consume(n)
         return n
@@ -209,6 +213,19 @@ class BacklogWriter:
         self._size = 0
         self._inflight = b""
         self._unreported = {}
+
+
+def tell_stderr(text: str) -> None:
+    """Write one line to fd 2 if it can take it now; never block, never raise (stderr may be
+    the very pipe that broke, or a terminal that is gone)."""
+    try:
+        poller = select.poll()
+        poller.register(2, select.POLLOUT)
+        ready = poller.poll(0)
+        if ready and ready[0][1] & select.POLLOUT and not ready[0][1] & select.POLLERR:
+            os.write(2, text.encode("utf-8", "replace"))
+    except OSError:
+        pass
 
 
 def _private_nonblocking(fd: int) -> int | None:

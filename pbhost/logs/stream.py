@@ -21,7 +21,7 @@ from typing import Callable
 from pbhost.errors import UnknownProcess
 from pbhost.logs.lines import LineSplitter, clean, strip_escapes
 from pbhost.logs.render import LEVELS, SYSTEM_ID, Renderer
-from pbhost.logs.sink import BacklogWriter
+from pbhost.logs.sink import BacklogWriter, tell_stderr
 
 __all__ = ["LogRecord", "LogStream", "LogStreamHandler"]
 
@@ -120,7 +120,7 @@ class LogStream:
         # syslog_prefix: stdout is the journal; each line starts with its <priority>.
         self._render = Renderer(color, fmt, timestamps, syslog_prefix)
         self._ring_size = ring_size
-        self._out = BacklogWriter(out_fd, backlog_bytes, self._drop_notice)
+        self._out = BacklogWriter(out_fd, backlog_bytes, self._drop_notice, _output_gone)
         self._rings: dict[str, _Ring] = {}
         self._prefixes: dict[tuple[str, str], bytes] = {}
         self._readers: dict[int, _Reader] = {}
@@ -312,6 +312,13 @@ class LogStream:
                     sub.fn(rec)
                 except Exception:  # a broken follower must not break the stream
                     self._subs.remove(sub)
+
+
+def _output_gone(exc: OSError) -> None:
+    """pbhost's stdout reader went away (`pbhost serve | head`, a killed `tee`): supervising goes
+    on, the rings keep every process's last lines; say so once, where someone may still read."""
+    tell_stderr(f"[pbhost] its output is gone ({exc.strerror or exc}); pbhost keeps supervising "
+                "and keeps each process's last lines for pbhost logs and the control API\n")
 
 
 class LogStreamHandler(logging.Handler):

@@ -31,7 +31,7 @@ from pbhost.orphans.proctable import ProcInfo
 from pbhost.pocketbase.binary import PB_ID
 from pbhost.process.ending import alive, end_blocking, ending
 from pbhost.process.runenv import RUN_ENV
-from pbhost.statedir import state_path, write_private
+from pbhost.statedir import KeptFile, state_path
 
 log = logging.getLogger("pbhost")
 
@@ -47,7 +47,10 @@ class Recorded:
 
 
 class Ledger:
-    """Keeps state.json equal to the set of live children; a write only when that set changes."""
+    """Keeps state.json equal to the set of live children; a write only when that set changes.
+
+    A disk that refuses the write (full, read-only) is said once and retried (statedir.KeptFile);
+    supervising goes on meanwhile."""
 
     def __init__(self, data_dir: Path, run_id: str) -> None:
         self.path = state_path(data_dir)
@@ -57,12 +60,12 @@ class Ledger:
                       "pbhost": {"pid": os.getpid(), "start": me.start if me else 0}}
         self._starts: dict[int, int] = {}   # pid -> start ticks, read once per child
         self._last: tuple[tuple[str, int], ...] | None = None
-        self._broken = False                # could not write once: said so, stop trying
+        self._file = KeptFile(self.path, "a pbhost killed outright may leave processes behind")
 
     def record(self, children: Iterable[tuple[str, int]]) -> None:
         """`children`: (process id, pid) of every live child; their pgid is their pid."""
         current = tuple(children)
-        if current == self._last or self._broken:
+        if current == self._last:
             return
         self._last = current
         starts = {pid: self._starts.get(pid) or proctable.start_time(pid) or 0
@@ -71,18 +74,11 @@ class Ledger:
         body = dict(self._head, children=[
             {"id": proc_id, "pid": pid, "pgid": pid, "start": starts[pid]}
             for proc_id, pid in current])
-        try:
-            self._write(json.dumps(body, separators=(",", ":")).encode())
-        except OSError as exc:
-            self._broken = True
-            log.warning("cannot write %s: %s (a pbhost killed outright may leave processes "
-                        "behind)", self.path, exc.strerror or exc)
-
-    def _write(self, data: bytes) -> None:
-        write_private(self.path, data)
+        self._file.put(json.dumps(body, separators=(",", ":")).encode())
 
     def clear(self) -> None:
         """A clean exit: nothing of ours is left, the next run has nothing to check."""
+        self._file.close()
         try:
             if _read(self.path).get("run") == self.run_id:
                 self.path.unlink()

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Callable, Mapping
 
 from pbhost.process.health import Result, Threshold, probe_loop, ran_healthy
 from pbhost.process.notifysock import Message, NotifySocket, clean_status
+from pbhost.process.spawn import RESOURCE_ERRNOS, SpawnError, describe_oserror
 from pbhost.process.supervisor import RunHooks
 
 if TYPE_CHECKING:
@@ -50,8 +51,11 @@ class RunMonitor(RunHooks):
         self._runs += 1
         try:
             self._sock = NotifySocket(f"{self._socket_name}-{self._runs}")
-        except OSError as exc:  # no abstract sockets here (not Linux): no NOTIFY_SOCKET
-            log.debug("%s: no notify socket: %s", self.spec.id, exc)
+        except OSError as exc:
+            if exc.errno in RESOURCE_ERRNOS:  # out of fds: this start fails, and is retried
+                raise SpawnError(exc.errno, describe_oserror(exc, "notify socket",
+                                                             str(self.spec.cwd))) from None
+            log.debug("%s: no notify socket: %s", self.spec.id, exc)  # not Linux
             return {}
         env = {"NOTIFY_SOCKET": self._sock.address}
         if self.spec.watchdog is not None:

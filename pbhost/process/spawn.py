@@ -11,7 +11,7 @@ import os
 import subprocess
 import time
 
-from pbhost.process.procctl import pdeathsig_hook
+from pbhost.process.procctl import nofile_limit, preexec_hook
 
 # No dataclasses or typing here: importing them costs ~10 ms before PocketBase can start.
 TYPE_CHECKING = False
@@ -55,12 +55,26 @@ def killpg(pgid: int, sig: int) -> bool:
         return True  # a member changed uid; the group still exists
 
 
+# Spawns that fail for want of resources, not because of the process: pbhost's fds (EMFILE),
+# the system's (ENFILE), processes or memory for the fork (EAGAIN, ENOMEM). Retried later.
+RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.EAGAIN, errno.ENOMEM,
+                             errno.ENOBUFS})
+
+
 class SpawnError(OSError):
-    """The child could not be started at all (binary missing, not executable, cwd missing)."""
+    """The child could not be started: for want of resources (`transient`: the same spawn can
+    succeed later), or at all (binary missing, not executable, cwd missing)."""
+
+    @property
+    def transient(self) -> bool:
+        return self.errno in RESOURCE_ERRNOS
 
 
-def _pipe() -> tuple[int, int]:
+def _pipe(opened: list[int]) -> tuple[int, int]:
+    """A pipe whose read end is non-blocking; its fds are appended to `opened` at once, so a
+    failure later in the spawn can close them."""
     read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+    opened += (read_fd, write_fd)
     try:
         fcntl.fcntl(read_fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
     except (OSError, AttributeError):
@@ -81,23 +95,32 @@ def describe_oserror(exc: OSError, argv0: str, cwd: str) -> str:
         return f"exec format error: {argv0} (missing #! line?)"
     if exc.errno == errno.ENOTDIR:
         return f"not a directory: {cwd}"
+    if exc.errno == errno.EMFILE:
+        return (f"pbhost has too many open files (EMFILE; its limit is {nofile_limit()}: raise "
+                "LimitNOFILE= or ulimit -n)")
+    if exc.errno == errno.ENFILE:
+        return "the system's open-file table is full (ENFILE; see /proc/sys/fs/file-max)"
+    if exc.errno == errno.EAGAIN:
+        return "cannot fork now: process limit reached (EAGAIN; see ulimit -u or TasksMax=)"
+    if exc.errno in (errno.ENOMEM, errno.ENOBUFS):
+        return f"out of memory ({errno.errorcode[exc.errno]})"
     return f"cannot start {argv0}: {exc.strerror or exc}"
 
 
 def spawn(argv: Sequence[str], env: Mapping[str, str], cwd: str) -> Child:
     """Spawn `argv` in its own session; raise SpawnError with a readable reason on failure."""
-    out_r, out_w = _pipe()
-    err_r, err_w = _pipe()
+    opened: list[int] = []
     try:
+        out_r, out_w = _pipe(opened)
+        err_r, err_w = _pipe(opened)
         popen = subprocess.Popen(
             list(argv), cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL,
             stdout=out_w, stderr=err_w, start_new_session=True, close_fds=True,
-            preexec_fn=pdeathsig_hook())  # dies with pbhost, even a pbhost killed by SIGKILL
+            preexec_fn=preexec_hook())  # dies with pbhost; gets the fd limit pbhost was given
     except OSError as exc:
-        os.close(out_r)
-        os.close(err_r)
+        for fd in opened:
+            os.close(fd)
         raise SpawnError(exc.errno, describe_oserror(exc, argv[0], cwd)) from None
-    finally:
-        os.close(out_w)
-        os.close(err_w)
+    os.close(out_w)
+    os.close(err_w)
     return Child(popen.pid, popen, out_r, err_r, time.monotonic(), time.time())

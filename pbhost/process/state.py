@@ -6,6 +6,7 @@ from enum import Enum
 
 BACKOFF_CAP = 30.0       # seconds; the longest wait between two restarts
 HEALTHY_RUN = 10.0       # seconds; a run at least this long resets the failure count
+RESOURCE_RETRY_CAP = 5.0  # seconds; the longest wait between spawns failing for want of fds
 
 
 class ProcessState(str, Enum):

@@ -22,7 +22,15 @@ from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 from pbhost.process.ending import STOP_TIMEOUT, Group, alive, end, ending, start_ending
 from pbhost.process.reaper import describe_status, exit_code
 from pbhost.process.spawn import Child, SpawnError
-from pbhost.process.state import ALIVE, HEALTHY_RUN, ProcessState, backoff_delay, can_move, gives_up
+from pbhost.process.state import (
+    ALIVE,
+    HEALTHY_RUN,
+    RESOURCE_RETRY_CAP,
+    ProcessState,
+    backoff_delay,
+    can_move,
+    gives_up,
+)
 
 if TYPE_CHECKING:
     from pbhost.process.runtime import Runtime
@@ -88,6 +96,7 @@ class Supervisor:
         self.state = S.STOPPED
         self.child: Child | None = None
         self.failures = 0
+        self.starved = 0                     # spawns in a row that failed for want of resources
         self.restart_count = 0
         self.last_error: str | None = None
         self.last_exit: int | None = None
@@ -195,7 +204,8 @@ class Supervisor:
     # -- spawning -------------------------------------------------------------------------
     def spawn_now(self) -> int | None:
         """Start one run now. A process that cannot be started at all (command not found, not
-        executable, cwd gone) is `crashed` at once: retrying the same exec cannot succeed."""
+        executable, cwd gone) is `crashed` at once: retrying the same exec cannot succeed. One
+        that cannot be started *now* (pbhost out of fds, no memory to fork) is retried."""
         self._cancel_backoff()
         self.completed = False
         self.set_waiting((), None)
@@ -207,6 +217,11 @@ class Supervisor:
             env = {**self._hooks.env(), **launch.env}
             child = self._runtime.spawn(launch.argv, env, launch.cwd)
         except SpawnError as exc:
+            if exc.transient:
+                self._hooks.end()
+                self.last_error = exc.strerror
+                self._retry_when_resources_return(exc.strerror or str(exc))
+                return None
             self._cannot_start(exc.strerror or str(exc))
             return None
         except LaunchError as exc:
@@ -223,9 +238,26 @@ class Supervisor:
                   self.id, reason, self.id)
         self._set_state(S.CRASHED)
 
+    def _retry_when_resources_return(self, reason: str) -> None:
+        """Out of fds, processes or memory: nothing is wrong with the process itself, so this
+        is not a failure (maxRetries does not count it) and never `crashed`: back off (capped
+        low, a retry costs nothing) and try again until resources return."""
+        self.starved += 1
+        n = self.starved
+        delay = backoff_delay(n, max(self.policy.backoff, 0.25), RESOURCE_RETRY_CAP)
+        if n == 1:
+            log.error("%s: cannot start now: %s; retrying in %s, until it can", self.id, reason,
+                      _secs(delay))
+        elif n & (n - 1) == 0:  # attempts 2, 4, 8...: said again, not every few seconds
+            log.warning("%s: still cannot start (attempt %d): %s; retrying in %s", self.id, n,
+                        reason, _secs(delay))
+        self._set_state(S.BACKOFF)
+        self._backoff = asyncio.get_running_loop().call_later(delay, self._backoff_done)
+
     def adopt(self, child: Child, launch: Launch | None = None) -> None:
         """Take charge of a spawned child (also one spawned before the loop existed)."""
         self.child = child
+        self.starved = 0
         self.start_wall = child.started_wall
         self._exited = asyncio.get_running_loop().create_future()
         self._ready = not (self.policy.needs_ready or self.policy.gated)
@@ -303,7 +335,8 @@ class Supervisor:
     def _backoff_done(self) -> None:
         self._backoff = None
         if self.state is S.BACKOFF:
-            self.restart_count += 1
+            if not self.starved:  # a retry for want of resources is not one more restart
+                self.restart_count += 1
             self.spawn_now()
 
     def _cancel_backoff(self) -> None:

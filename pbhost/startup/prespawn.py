@@ -22,7 +22,7 @@ from pbhost.options import FALSE_WORDS, OPTIONS, TRUE_WORDS, Options, by_name
 from pbhost.pocketbase.binary import PocketBaseInfo, describe, find_binary, pocketbase_env
 from pbhost.pocketbase.hookfile import InstallResult, install_hook
 from pbhost.process.ending import STOP_TIMEOUT, Group, alive, end_blocking, ending
-from pbhost.process.procctl import set_child_subreaper
+from pbhost.process.procctl import raise_nofile, set_child_subreaper
 from pbhost.process.runenv import RUN_ENV, child_environ, new_run_id
 from pbhost.process.spawn import Child, SpawnError, killpg, spawn
 from pbhost.statedir import state_path
@@ -126,6 +126,7 @@ def start_pocketbase(opts: Options, serve_args: Sequence[str], cwd: Path,
     pb = describe(serve_args, cwd)
     _end_previous_run(pb.data_dir)
     set_child_subreaper()  # before the first spawn: what PocketBase orphans comes to us
+    raise_nofile()  # before the first spawn, which gets the limit pbhost was started with
     # PocketBase's env must name the API; control/address.py is import-light for this reason.
     from pbhost.control.address import new_token, parse_api_address
     api = parse_api_address(opts.api, pb.port, cwd)
