@@ -18,6 +18,9 @@ from pbhost.pocketbase.localhttp import request_status
 SUPERUSER_CHECK = "/api/collections/_superusers/auth-refresh"
 CACHE_SECONDS = 30.0
 CACHE_MAX = 1024
+# While PocketBase does not answer (stopped from the dashboard, restarting), a token it
+# confirmed as a superuser's this recently still passes: so whoever stopped it can start it.
+VOUCHED_SECONDS = 600.0
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,7 @@ class Authenticator:
         self._pb = (pb_host, pb_port)
         self._ttl = cache_seconds
         self._cache: dict[bytes, tuple[float, Verdict]] = {}
+        self._vouched: dict[bytes, float] = {}  # token hash -> when PocketBase last said yes
 
     async def check(self, header: str | None) -> Verdict:
         token = bearer(header).encode("latin-1", "replace")  # headers arrive as latin-1
@@ -69,6 +73,8 @@ class Authenticator:
                                       [("Authorization", token.decode("latin-1"))])
         if status is None or status >= 500:
             # Not cached: PocketBase may be restarting; pbhost's own token still works.
+            if now - self._vouched.get(key, float("-inf")) < VOUCHED_SECONDS:
+                return ALLOWED
             return Verdict(503, "Cannot check this token: PocketBase is not answering. "
                                 "Use pbhost's own token (control.json) while it is down.")
         verdict = ALLOWED if status == 200 else Verdict(
@@ -76,4 +82,10 @@ class Authenticator:
         if len(self._cache) >= CACHE_MAX:
             self._cache.clear()
         self._cache[key] = (now + self._ttl, verdict)
+        if verdict.ok:
+            if len(self._vouched) >= CACHE_MAX:
+                self._vouched.clear()
+            self._vouched[key] = now
+        else:
+            self._vouched.pop(key, None)
         return verdict

@@ -21,9 +21,10 @@ MAX_HEAD = 16 << 10        # request line + headers
 MAX_BODY = 64 << 10        # the API takes no bodies; this only bounds what a client may send
 IDLE_TIMEOUT = 75.0        # seconds a keep-alive connection may sit between requests
 READ_SIZE = 64 << 10
-REASONS = {200: b"OK", 400: b"Bad Request", 401: b"Unauthorized", 404: b"Not Found",
-           405: b"Method Not Allowed", 409: b"Conflict", 413: b"Payload Too Large",
-           500: b"Internal Server Error", 503: b"Service Unavailable"}
+REASONS = {200: b"OK", 400: b"Bad Request", 401: b"Unauthorized", 403: b"Forbidden",
+           404: b"Not Found", 405: b"Method Not Allowed", 409: b"Conflict",
+           413: b"Payload Too Large", 429: b"Too Many Requests", 500: b"Internal Server Error",
+           502: b"Bad Gateway", 503: b"Service Unavailable"}
 
 
 @dataclass
