@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 ROOT = Path(__file__).resolve().parent.parent
+# Screenshots and other files tests leave for a person to look at (printed after the run).
+ARTIFACTS = Path(os.environ.get("PBHOST_TEST_ARTIFACTS") or ROOT / "test-artifacts")
 T = TypeVar("T")
 
 

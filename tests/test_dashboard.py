@@ -23,14 +23,16 @@ from pathlib import Path
 from typing import Any, Iterator, Literal
 
 import pytest
-from playwright.sync_api import Browser, Locator, Page, Request, expect, sync_playwright
+from playwright.sync_api import (Browser, ConsoleMessage, Locator, Page, Request, expect,
+                                  sync_playwright)
 
-from support import ROOT, PbhostRun, Project, http_json, pbhost_env, pid_alive, wait_for
+from support import ARTIFACTS as ALL_ARTIFACTS
+from support import PbhostRun, Project, http_json, pbhost_env, pid_alive, wait_for
 
 PY = sys.executable
 EMAIL, PASSWORD = "admin@example.com", "password123"
 USER_EMAIL = "someone@example.com"
-ARTIFACTS = Path(os.environ.get("PBHOST_TEST_ARTIFACTS") or ROOT / "test-artifacts") / "dashboard"
+ARTIFACTS = ALL_ARTIFACTS / "dashboard"
 SHOW = 2000  # app.js: lines in the DOM at most
 
 # A sidecar the test talks to with signals: USR1 prints the text of $MSG_FILE on stdout and a
@@ -106,6 +108,12 @@ def session(browser: Browser) -> Iterator[Session]:
         s.urls.append(req.url)
     page.on("request", seen)
     page.on("pageerror", lambda exc: s.errors.append(str(exc)))
+
+    def console(msg: ConsoleMessage) -> None:
+        # A Content-Security-Policy violation means something the page needs is blocked.
+        if "Content Security Policy" in msg.text:
+            s.errors.append(msg.text)
+    page.on("console", console)
     page.set_default_timeout(15_000)
     yield s
     # Every test, whatever it did: no token ever went into a URL, and the page threw nothing.
@@ -536,6 +544,35 @@ def test_a_flood_of_50000_lines_does_not_hang_the_page(session: Session, stack: 
     expect(log.locator(".ln", has_text="after the flood")).to_have_count(2, timeout=20_000)
     assert log.locator(".ln").count() <= SHOW
     session.shot(f"flood-{port}")
+
+
+def test_phone_width_and_the_keyboard(browser: Browser, stack: Stack) -> None:
+    """At 390 px the table becomes cards and nothing runs off the side; the buttons are real
+    buttons, so Enter works them."""
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True,
+                                  has_touch=True)
+    page = context.new_page()
+    try:
+        sign_in(page, stack.base("pb"))
+        expect(page.locator("#procs-body tr[data-id]")).to_have_count(5)
+        expect(page.locator("#procs thead")).to_be_hidden()
+        assert page.evaluate("() => document.documentElement.scrollWidth <= innerWidth + 1")
+        restart = button(page, "worker", "restart")
+        restart.scroll_into_view_if_needed()
+        box = restart.bounding_box()
+        assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 390
+        old = stack.proc("worker")["pid"]
+        restart.focus()
+        page.keyboard.press("Enter")
+        expect(page.locator("#toasts")).to_contain_text("worker restarted")
+        assert stack.proc("worker")["pid"] != old
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "phone.png"))
+        open_log(page, "ai-agent")
+        assert page.evaluate("() => document.documentElement.scrollWidth <= innerWidth + 1")
+        page.screenshot(path=str(ARTIFACTS / "phone-log.png"))
+    finally:
+        context.close()
 
 
 def test_no_token_appears_in_any_url(session: Session, stack: Stack) -> None:

@@ -243,6 +243,11 @@
       pad(d.getMilliseconds(), 3);
   }
 
+  function shortPath(path) {
+    const parts = path.split("/");
+    return path.length > 32 && parts.length > 3 ? ".../" + parts.slice(-3).join("/") : path;
+  }
+
   const STATUS_TONE = { running: "ok", starting: "warn", backoff: "warn", stopping: "warn",
     stopped: "off", crashed: "bad" };
   const RUNNING = new Set(["running", "starting"]);
@@ -408,7 +413,8 @@
       ...fact("Restarts", String(p.restartCount || 0)),
       ...fact("CPU", running ? (p.cpu || 0).toFixed(1) + "%" : "-"),
       ...fact("Memory", memoryText(p)),
-      ...fact("Runs with", p.interpreter || "-"),
+      ...fact("Runs with", p.interpreter ? el("span", { title: p.interpreter,
+        text: shortPath(p.interpreter) }) : "-"),
       ...fact("Dev mode", p.devMode ? "on" : "off"),
       ...(h.note ? fact("Status note", h.note) : []),
       ...(p.lastError ? fact("Last error", el("span", { class: "error-text wrap",
