@@ -119,6 +119,12 @@ def test_sign_in_on_the_control_api_is_pocketbase_s_own_answer(served: Served) -
         assert status == 400 and b"identity" in raw, bad
     status, headers, _ = fetch(served.api, SIGNIN)
     assert status == 405 and headers["allow"] == "POST"
+    # What a form on another site can send (text/plain) is not taken either.
+    conn = http.client.HTTPConnection(served.api.removeprefix("http://"), timeout=10)
+    conn.request("POST", SIGNIN, body=json.dumps({"identity": EMAIL, "password": PASSWORD}),
+                 headers={"Content-Type": "text/plain"})
+    assert conn.getresponse().status == 400
+    conn.close()
     # A guesser gets a handful of tries, then 429 for everyone, pbhost's token unaffected.
     codes = [http_json(url, "POST", body={"identity": EMAIL, "password": f"guess-{i}"})[0]
              for i in range(12)]

@@ -3,9 +3,11 @@
 `POST /api/collections/_superusers/auth-with-password` on the control API is relayed to the
 same route of the local PocketBase, so the dashboard signs in the same way on either port and
 gets a superuser token, which the API accepts (auth.py). It is the one route besides the page
-that needs no token, so it is bounded: a small body of exactly `identity` and `password`, a
-global rate limit (a password guesser gets a handful of tries a minute, whoever it is), and a
-short timeout. PocketBase decides; pbhost never sees or keeps more than the one request.
+that needs no token, so it is bounded: a small JSON body of exactly `identity` and `password`
+(Content-Type application/json, which a form on another site cannot send: it cannot spend the
+budget below from a visitor's browser), a global rate limit (a password guesser gets a handful
+of tries a minute, whoever it is), and a short timeout. PocketBase decides; pbhost never sees
+or keeps more than the one request.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ TIMEOUT = 5.0
 
 def _error(status: int, message: str) -> Response:
     body = {"status": status, "message": message, "data": {}}
-    return Response(status, json.dumps(body).encode())
+    return Response(status, json.dumps(body, separators=(",", ":")).encode())
 
 
 class SignInRelay:
@@ -51,7 +53,8 @@ class SignInRelay:
             resp = _error(405, "Method not allowed here; use POST.")
             resp.headers.append(("allow", "POST"))
             return resp
-        fields = _credentials(req.body)
+        kind = req.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        fields = _credentials(req.body) if kind == "application/json" else None
         if fields is None:
             return _error(400, 'Send {"identity": EMAIL, "password": PASSWORD} as JSON.')
         if not self._allowed():
