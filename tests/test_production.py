@@ -99,6 +99,13 @@ def wait_grands(run: PbhostRun, n: int = 2) -> None:
 
 
 def escaper_project(project: Project, proc_id: str = "s") -> Path:
+    # A superuser first, as the other tests make one: without it PocketBase starts `xdg-open`
+    # on its installer URL and never waits for it, a zombie of PocketBase's own (not an orphan
+    # for pbhost to reap) wherever xdg-utils is installed (chromium, for the dashboard's
+    # browser tests, brings it).
+    subprocess.run([PY, "-m", "pbhost", "pocketbase", "superuser", "upsert", "root@example.com",
+                    "password123", "--dir", str(project.root / "pb_data")], cwd=project.root,
+                   env=pbhost_env(), check=True, capture_output=True, timeout=60)
     marker = project.root / "terminated.txt"
     project.write("grand.py", GRAND)
     project.write("escaper.py", ESCAPER)
@@ -293,6 +300,13 @@ def test_pid1_in_a_pid_namespace_reaps_orphans_and_empties_it(project: Project) 
     shutil.copytree(EXAMPLE / "app", project.root, dirs_exist_ok=True)
     subprocess.run([PY, "-m", "venv", "--without-pip", str(project.root / "agent" / ".venv")],
                    check=True)
+    # A superuser first, as the other tests make one: without it PocketBase starts `xdg-open`
+    # on its installer URL and never waits for it, a zombie of PocketBase's own (not an orphan
+    # for pbhost to reap) wherever xdg-utils is installed (chromium, for the dashboard's
+    # browser tests, brings it).
+    subprocess.run([PY, "-m", "pbhost", "pocketbase", "superuser", "upsert", "root@example.com",
+                    "password123", "--dir", str(project.root / "pb_data")], cwd=project.root,
+                   env=pbhost_env(), check=True, capture_output=True, timeout=60)
     marker = project.root / "terminated.txt"
     project.write("grand.py", GRAND)
     project.write("daemonizer.py", DOUBLE_FORK)
