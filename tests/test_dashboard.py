@@ -23,8 +23,15 @@ from pathlib import Path
 from typing import Any, Iterator, Literal
 
 import pytest
-from playwright.sync_api import (Browser, ConsoleMessage, Locator, Page, Request, expect,
-                                  sync_playwright)
+from playwright.sync_api import (
+    Browser,
+    ConsoleMessage,
+    Locator,
+    Page,
+    Request,
+    expect,
+    sync_playwright,
+)
 
 from support import ARTIFACTS as ALL_ARTIFACTS
 from support import PbhostRun, Project, http_json, pbhost_env, pid_alive, wait_for
