@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv demo test lint bench clean browser
 
 venv: $(STAMP)
 
@@ -18,8 +18,22 @@ $(STAMP): setup.cfg pyproject.toml
 demo: venv
 	$(VENV)/bin/pbhost serve
 
-# The whole test suite (real PocketBase, real processes). Exit code 5 (no tests) is a failure.
-test: venv
+# The dashboard's browser tests drive the system's Chromium (Playwright's own browser download
+# cannot work offline): install it where we may (root with apt-get), else say how.
+CHROMIUM_HINT := the dashboard tests need Chromium. Install it (Debian, as root): apt-get install -y chromium. Or point PBHOST_CHROMIUM at one.
+browser:
+	@if [ -n "$$PBHOST_CHROMIUM" ] || command -v chromium >/dev/null 2>&1 \
+	    || command -v chromium-browser >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing chromium for the dashboard's browser tests (apt-get)"; \
+	  { apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 \
+	    || { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null; }; } \
+	  || { echo "$(CHROMIUM_HINT)" >&2; exit 1; }; \
+	else echo "$(CHROMIUM_HINT)" >&2; exit 1; fi
+
+# The whole test suite (real PocketBase, real processes, a real browser). Exit code 5 (no
+# tests) is a failure.
+test: venv browser
 	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 

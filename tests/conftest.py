@@ -1,4 +1,4 @@
-"""pytest fixtures; the helpers they use live in support.py."""
+"""pytest fixtures (and the one report hook); the helpers they use live in support.py."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Iterator
 
 import pytest
 
-from support import Project
+from support import ARTIFACTS, Project
 
 
 @pytest.fixture
@@ -16,3 +16,10 @@ def project(tmp_path: Path) -> Iterator[Project]:
     yield proj
     for run in proj.runs:
         run.stop()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Say where the browser tests left their screenshots."""
+    shots = sorted(ARTIFACTS.rglob("*.png")) if ARTIFACTS.is_dir() else []
+    if shots:
+        terminalreporter.write_line(f"screenshots ({len(shots)}): {ARTIFACTS}")

@@ -8,9 +8,11 @@ these with `from support import ...`; conftest.py only holds the fixtures.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
+import secrets
 import signal
 import socket
 import subprocess
@@ -28,6 +30,8 @@ from pbhost.pocketbase.binary import find_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
+# Screenshots and other files tests leave for a person to look at (printed after the run).
+ARTIFACTS = Path(os.environ.get("PBHOST_TEST_ARTIFACTS") or ROOT / "test-artifacts")
 T = TypeVar("T")
 
 
@@ -368,6 +372,16 @@ class Api:
 
 # -- PocketBase superusers and users -----------------------------------------------------------
 EMAIL, PASSWORD = "root@example.com", "password123"
+
+
+def forged_jwt() -> str:
+    """A token shaped like PocketBase's, with a signature nobody made."""
+    def part(value: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+    claims = {"collectionId": "pbc_3142635823", "exp": int(time.time()) + 3600,
+              "id": secrets.token_hex(7)[:15], "refreshable": True, "type": "auth"}
+    return f"{part({'alg': 'HS256', 'typ': 'JWT'})}.{part(claims)}." \
+           f"{base64.urlsafe_b64encode(os.urandom(32)).rstrip(b'=').decode()}"
 
 
 def pocketbase_binary() -> str:

@@ -2,25 +2,35 @@
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
+import os
 import re
 import socket
 import stat
+import subprocess
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
+from pbhost.control.auth import Authenticator
+from pbhost.pocketbase.binary import find_binary
 from support import (
+    EMAIL,
     FAMILY,
     IDLE,
+    PASSWORD,
     PY,
     STUBBORN,
     TICKER,
     Api,
     Project,
+    forged_jwt,
     free_port,
     http_json,
     ints,
@@ -169,6 +179,42 @@ def test_logs_returns_the_last_lines(shared: Api) -> None:
     everything = shared.get("/api/pm/ticker/logs?lines=10000")[1]
     default = shared.get("/api/pm/ticker/logs")[1]
     assert min(100, len(everything)) <= len(default) <= 100  # the default: 100 (lines keep coming)
+
+
+def test_polling_logs_with_a_cursor_sees_every_line_once(shared: Api) -> None:
+    """?after=: each record's seq is its line number in its process's log; polling with the
+    last one seen never repeats or skips a line (the ticker prints every 0.1 s)."""
+    status, first = shared.get("/api/pm/ticker/logs?lines=3")
+    assert status == 200 and [r["seq"] for r in first] == list(range(first[0]["seq"],
+                                                                       first[0]["seq"] + 3))
+    seen = list(first)
+    deadline = time.monotonic() + 15
+    while len(seen) < 25 and time.monotonic() < deadline:
+        status, page = shared.get(f"/api/pm/ticker/logs?after={seen[-1]['seq']}&lines=4")
+        assert status == 200
+        seen.extend(page)
+    ticks = [int(r["text"].split()[1]) for r in seen]
+    assert len(ticks) >= 25 and ticks == list(range(ticks[0], ticks[0] + len(ticks)))
+    assert [r["seq"] for r in seen] == list(range(seen[0]["seq"], seen[0]["seq"] + len(seen)))
+    # The merged logs take one cursor per id; ids not named start from their oldest kept line.
+    status, merged = shared.get("/api/pm/logs?lines=10000")
+    assert status == 200
+    cursor = {}
+    for rec in merged:
+        cursor[rec["id"]] = rec["seq"]
+    after = ",".join(f"{k}:{v}" for k, v in cursor.items())
+    status, newer = shared.get(f"/api/pm/logs?lines=10000&after={after}")
+    assert status == 200 and all(rec["seq"] > cursor.get(rec["id"], 0) for rec in newer)
+    status, body = shared.get("/api/pm/logs?after=12")  # which process's 12?
+    assert status == 400 and "ID:SEQ" in body["message"]
+    assert shared.get("/api/pm/ticker/logs?after=soon")[0] == 400
+    # Through PocketBase's port the cursor passes as it is.
+    su = login(shared.run, "_superusers", EMAIL, PASSWORD)
+    last = seen[-1]["seq"]
+    via_pb = wait_for(lambda: len(got := http_json(
+        f"{shared.run.url}/api/pm/ticker/logs?after={last}&lines=2", token=su)[1]) == 2
+        and got, 10, "two lines after the cursor through PocketBase")
+    assert [r["seq"] for r in via_pb] == [last + 1, last + 2]
 
 
 def test_logs_follow_streams_new_lines_as_server_sent_events(shared: Api) -> None:
@@ -394,6 +440,41 @@ def test_api_answers_while_pocketbase_is_down_or_restarting(project: Project) ->
     run.wait_healthy()
     assert api.get("/api/pm/list", token=su)[0] == 200
     assert api.proc("ticker")["status"] == "running"
+
+
+def test_a_superuser_confirmed_before_pocketbase_went_down_still_passes(tmp_path: Path) -> None:
+    """So that whoever stopped PocketBase from a dashboard can start it again; a token
+    PocketBase never confirmed (or refused) still gets 503 while it is down."""
+    upsert_superuser(tmp_path)
+    port = free_port()
+    binary = find_binary(None, os.environ, Path.cwd())
+    pb = subprocess.Popen([binary, "serve", "--http", f"127.0.0.1:{port}", "--dir",
+                           str(tmp_path / "pb_data"), "--hooksDir", str(tmp_path / "hooks")],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_for(lambda: http_json(url + "/api/health")[0] == 200, 15, "PocketBase up")
+        status, body = http_json(url + "/api/collections/_superusers/auth-with-password",
+                                 "POST", body={"identity": EMAIL, "password": PASSWORD})
+        assert status == 200, body
+        su = body["token"]
+        refused, never_seen = forged_jwt(), forged_jwt()
+
+        async def checks() -> None:
+            auth = Authenticator([], "127.0.0.1", port, cache_seconds=0.0)  # always asks
+            assert (await auth.check(f"Bearer {su}")).status == 200
+            assert (await auth.check(f"Bearer {refused}")).status == 401
+            pb.terminate()
+            pb.wait(10)
+            assert (await auth.check(f"Bearer {su}")).status == 200
+            assert (await auth.check(f"Bearer {refused}")).status == 503
+            assert (await auth.check(f"Bearer {never_seen}")).status == 503
+            assert (await auth.check("Bearer not-a-token")).status == 401  # never asked
+        asyncio.run(checks())
+    finally:
+        if pb.poll() is None:
+            pb.kill()
+            pb.wait(10)
 
 
 def test_control_json_is_removed_on_exit(project: Project) -> None:

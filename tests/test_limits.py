@@ -7,7 +7,6 @@ pipes fail, a full or read-only tmpfs under `.pbhost/`, a `| head -1` reader tha
 
 from __future__ import annotations
 
-import base64
 import http.client
 import json
 import os
@@ -37,6 +36,7 @@ from support import (
     Api,
     PbhostRun,
     Project,
+    forged_jwt,
     free_port,
     http_json,
     login,
@@ -327,16 +327,6 @@ def test_follow_streams_are_capped_with_a_clear_503(one: Api) -> None:
 
 
 # -- authentication cannot hammer PocketBase ---------------------------------------------
-def forged_jwt() -> str:
-    """A token shaped like PocketBase's, with a signature nobody made."""
-    def part(value: dict[str, Any]) -> str:
-        return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
-    claims = {"collectionId": "pbc_3142635823", "exp": int(time.time()) + 3600,
-              "id": secrets.token_hex(7)[:15], "refreshable": True, "type": "auth"}
-    return f"{part({'alg': 'HS256', 'typ': 'JWT'})}.{part(claims)}." \
-           f"{base64.urlsafe_b64encode(os.urandom(32)).rstrip(b'=').decode()}"
-
-
 def pb_requests(run: PbhostRun, url_prefix: str) -> int:
     """Requests PocketBase logged (its _logs table) whose URL starts with `url_prefix`."""
     db = sqlite3.connect(f"file:{run.data_dir / 'auxiliary.db'}?mode=ro", uri=True)

@@ -409,6 +409,31 @@ def test_tail_keeps_last_lines_and_subscribers_follow(tmp_path: Path) -> None:
     assert [r.text for r in seen] == [f"line {i}" for i in range(5000)]
 
 
+def test_a_cursor_walks_the_ring_without_repeating_or_skipping_a_line(tmp_path: Path) -> None:
+    seen: list[LogRecord] = []
+
+    async def body(stream: LogStream) -> None:
+        stream.subscribe(seen.append)
+        await finish(stream, spawn(stream, "r", "for i in range(1, 301): print(f'line {i}')"))
+        # Paging by 7 from the start: every line once, in order, numbered 1..300.
+        got: list[LogRecord] = []
+        cursor = 0
+        while page := stream.tail("r", 7, after=cursor):
+            got.extend(page)
+            cursor = page[-1].seq
+        assert [(r.seq, r.text) for r in got] == [(i, f"line {i}") for i in range(1, 301)]
+        assert stream.tail("r", 10, after=300) == []
+        # A cursor from another run (above the newest line) starts over at the oldest kept.
+        assert [r.seq for r in stream.tail("r", 2, after=10_000)] == [1, 2]
+        # Past the ring: only the last 1000 are kept, the cursor resumes at the oldest of them.
+        await finish(stream, spawn(stream, "r", "for i in range(301, 3001): print(f'line {i}')"))
+        assert [r.seq for r in stream.tail("r", 3, after=300)] == [2001, 2002, 2003]
+        assert [r.seq for r in stream.tail("r", 2)] == [2999, 3000]
+    run_with_file(tmp_path, body)
+    # Subscribers see the same numbers.
+    assert [r.seq for r in seen] == list(range(1, 3001))
+
+
 def test_a_subscriber_gets_only_the_lines_it_wants(tmp_path: Path) -> None:
     seen: list[LogRecord] = []
     asked: set[tuple[str, str]] = set()

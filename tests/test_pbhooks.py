@@ -300,11 +300,13 @@ def test_installing_twice_does_not_restart_pocketbase(project: Project) -> None:
     assert "changed, restarting" not in run.output()
 
     # Control: an outdated copy is replaced, and PocketBase does notice that.
-    old = hook_source().replace(b"revision 1.", b"revision 0.", 1)
+    rev = revision(hook_source())
+    assert rev is not None
+    old = hook_source().replace(f"revision {rev}.".encode(), f"revision {rev - 1}.".encode(), 1)
     (hooks / HOOK_NAME).write_bytes(old)
     run.wait_line("changed, restarting")
     result = install_hook(hooks)
-    assert (result.action, result.detail) == (UPDATED, "revision 0 -> 1")
+    assert (result.action, result.detail) == (UPDATED, f"revision {rev - 1} -> {rev}")
     assert (hooks / HOOK_NAME).read_bytes() == hook_source()
 
 
@@ -368,4 +370,4 @@ def test_install_hook_actions(tmp_path: Path) -> None:
     assert sorted(p.name for p in hooks.iterdir()) == [HOOK_NAME]  # no temp file left
     (tmp_path / "file").write_text("")
     assert install_hook(tmp_path / "file" / "hooks").action == FAILED
-    assert revision(hook_source()) == 1
+    assert revision(hook_source()) == 2

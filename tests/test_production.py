@@ -107,6 +107,10 @@ def wait_grands(run: PbhostRun, n: int = 2) -> None:
 
 
 def escaper_project(project: Project, proc_id: str = "s") -> Path:
+    # A superuser first, as the other tests make one: without it PocketBase starts `xdg-open`
+    # on its installer URL and never waits for it, a zombie of PocketBase's own (not an orphan
+    # for pbhost to reap) wherever xdg-utils is installed (chromium brings it).
+    upsert_superuser(project.root)
     marker = project.root / "terminated.txt"
     project.write("grand.py", GRAND)
     project.write("escaper.py", ESCAPER)

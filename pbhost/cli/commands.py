@@ -110,6 +110,27 @@ def systemd_unit(opts: Options, serve_args: Sequence[str]) -> int:
     return 0
 
 
+@cli.command(context_settings={"ignore_unknown_options": True,
+                               "allow_interspersed_args": False},
+             add_help_option=False)
+@click.argument("pb_args", nargs=-1, type=click.UNPROCESSED)
+@click.pass_obj
+def pocketbase(opts: Options, pb_args: Sequence[str]) -> int:
+    """Run the PocketBase binary that `serve` runs with PB_ARGS, e.g. `superuser upsert EMAIL
+    PASS`, with serve's data dir (./pb_data) unless PB_ARGS give --dir. Exits as PocketBase
+    does."""
+    from pbhost.pocketbase.binary import command_line, find_binary
+    binary = find_binary(opts.pocketbase, os.environ, Path.cwd())
+    argv = command_line(binary, list(pb_args), Path.cwd())
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execv(binary, argv)  # PocketBase gets the terminal, the signals and the exit code
+    except OSError as exc:
+        raise PbhostError(f"cannot run {binary}: {exc.strerror or exc}") from exc
+    return 0  # not reached
+
+
 @cli.command()
 @click.option("--force", is_flag=True, help="Overwrite existing files.")
 def init(force: bool) -> int:

@@ -4,14 +4,16 @@
     GET  /api/pm/metrics          Prometheus text
     GET  /api/pm/logs             recent lines of all processes, merged by time (?lines, ?follow)
     GET  /api/pm/{id}             one process
-    GET  /api/pm/{id}/logs        recent lines (?lines=N, default 100; ?follow=1: SSE)
+    GET  /api/pm/{id}/logs        recent lines (?lines=N, default 100; ?after=SEQ; ?follow=1: SSE)
     POST /api/pm/{id}/restart|stop|start
     GET  /livez  /readyz          for orchestrators' probes: no token
+    GET  /, /app.js, ...          the web dashboard (webui.py), no token needed
+    POST /api/collections/_superusers/auth-with-password   relayed to PocketBase (signin.py)
 
-Every request is authenticated first (auth.py): without a valid token nothing, not even the
-list of ids, is shown. Only /livez and /readyz answer without one, and they say no more than
-alive, ready, and the ids of what is not ready. The bodies are documented in docs/api.md; a
-PocketBase JS hook relays them verbatim, so their shape is a contract.
+Every other request is authenticated first (auth.py): without a valid token nothing, not
+even the list of ids, is shown. /livez and /readyz say no more than alive, ready, and the ids
+of what is not ready. The bodies are documented in docs/api.md; a PocketBase JS hook relays
+them verbatim, so their shape is a contract.
 """
 
 from __future__ import annotations
@@ -37,7 +39,10 @@ from pbhost.control.httpserver import (
     StreamResponse,
     limits_for,
 )
+from pbhost.control.signin import PATH as SIGNIN_PATH
+from pbhost.control.signin import SignInRelay
 from pbhost.control.stats import GroupStats, Usage
+from pbhost.control.webui import WebUi
 from pbhost.errors import UnknownProcess
 from pbhost.logs.render import SYSTEM_ID
 from pbhost.process.procctl import nofile_limit
@@ -77,7 +82,8 @@ def _iso(ts: float | None) -> str | None:
 
 
 def _record(rec: LogRecord) -> dict[str, Any]:
-    return {"time": _iso(rec.ts), "id": rec.id, "stream": rec.stream, "text": rec.text}
+    return {"time": _iso(rec.ts), "id": rec.id, "stream": rec.stream, "text": rec.text,
+            "seq": rec.seq}
 
 
 class ControlApi:
@@ -89,11 +95,19 @@ class ControlApi:
         self.max_followers = max_followers
         self.followers = 0               # ?follow=1 streams open now
         self.server: HttpServer | None = None  # for the connection figures in /metrics
+        self.webui = WebUi()
+        self.signin = SignInRelay(host.pb.local_host, host.pb.port)
 
     # -- entry point ----------------------------------------------------------------------
     async def handle(self, req: Request) -> Response | StreamResponse:
         if req.path in PROBES:
             return self.probe(req)
+        # The dashboard's files and its sign-in need no token (webui.py, signin.py say why).
+        page = self.webui.page(req.method, req.path)
+        if page is not None:
+            return page
+        if req.path == SIGNIN_PATH:
+            return await self.signin.handle(req)
         verdict = await self.auth.check(req.headers.get("authorization"))
         if not verdict.ok:
             return error(verdict.status, verdict.message)
@@ -224,21 +238,27 @@ class ControlApi:
             return [proc_id]
         return [SYSTEM_ID, *(s.id for s in self.host.supervisors)]
 
-    def _tail(self, ids: list[str], n: int) -> list[LogRecord]:
+    def _tail(self, ids: list[str], n: int,
+              after: dict[str, int] | None = None) -> list[LogRecord]:
+        """The last `n` lines of `ids` merged by time; with `after` (a cursor: id -> the seq
+        of the last line seen), the first `n` lines after it."""
         rings = []
         for proc_id in ids:
             try:
-                rings.append(self.host.stream.tail(proc_id, n))
+                rings.append(self.host.stream.tail(
+                    proc_id, n, None if after is None else after.get(proc_id, 0)))
             except (KeyError, UnknownProcess):
                 continue  # e.g. no ring for pbhost's own lines in this log stream
         merged = list(heapq.merge(*rings, key=lambda r: r.ts)) if len(rings) > 1 else \
             (rings[0] if rings else [])
-        return merged[-n:] if n else []
+        if not n:
+            return []
+        return merged[-n:] if after is None else merged[:n]
 
     def logs(self, proc_id: str | None, query: dict[str, str]) -> Response | StreamResponse:
         n = _lines(query.get("lines"))
         ids = self._log_ids(proc_id)
-        backlog = self._tail(ids, n)
+        backlog = self._tail(ids, n, _cursor(query.get("after"), proc_id))
         if query.get("follow", "0").lower() in ("", "0", "false", "no"):
             return Response(200, _json([_record(r) for r in backlog]))
         if self.followers >= self.max_followers:
@@ -344,6 +364,23 @@ def _lines(value: str | None) -> int:
     if not value.isdigit() or int(value) > MAX_LINES:
         raise ValueError(f"lines must be a whole number from 0 to {MAX_LINES}.")
     return int(value)
+
+
+def _cursor(value: str | None, proc_id: str | None) -> dict[str, int] | None:
+    """`?after=`: `SEQ` for one process's logs, or `ID:SEQ,ID:SEQ...` (for the merged logs:
+    ids not named start from their oldest kept line)."""
+    if value is None:
+        return None
+    if value.isdigit() and proc_id is not None:
+        return {proc_id: int(value)}
+    cursor: dict[str, int] = {}
+    for part in value.split(","):
+        key, sep, seq = part.partition(":")
+        if not sep or not key or not seq.isdigit():
+            raise ValueError("after must be the seq of the last line seen (after=120), or "
+                             "ID:SEQ pairs separated by commas (after=pocketbase:12,ai-agent:40).")
+        cursor[key] = int(seq)
+    return cursor
 
 
 def _number(value: float) -> str:

@@ -39,6 +39,9 @@ BUDGET_BURST = 10.0        # checks of new tokens that may fail in a burst...
 BUDGET_RATE = 0.5          # ...and per second after that
 KNOWN_MAX = 256            # superusers remembered as accepted (until their token expires)
 MAX_TOKEN = 4096           # bytes; a PocketBase token is ~250
+# While PocketBase does not answer (stopped from the dashboard, restarting), a token it
+# confirmed as a superuser's this recently still passes: so whoever stopped it can start it.
+VOUCHED_SECONDS = 600.0
 
 
 @dataclass(frozen=True)
@@ -141,6 +144,7 @@ class Authenticator:
         self._known: dict[str, float] = {}     # accepted superusers' record ids -> until when
         self._budget = Budget(BUDGET_BURST, BUDGET_RATE, clock)
         self._checks: asyncio.Semaphore | None = None
+        self._vouched: dict[bytes, float] = {}  # token hash -> when PocketBase last said yes
 
     async def check(self, header: str | None) -> Verdict:
         token = bearer(header).encode("latin-1", "replace")  # headers arrive as latin-1
@@ -180,10 +184,13 @@ class Authenticator:
         return verdict
 
     async def _verdict(self, token: bytes, key: bytes, claims: dict[str, Any]) -> Verdict:
+        now = self._clock()
         status = await request_status(*self._pb, "POST", SUPERUSER_CHECK,
                                       [("Authorization", token.decode("latin-1"))])
         if status is None or status >= 500:
             # Not cached: PocketBase may be restarting; pbhost's own token still works.
+            if now - self._vouched.get(key, float("-inf")) < VOUCHED_SECONDS:
+                return ALLOWED
             return Verdict(503, "Cannot check this token: PocketBase is not answering. "
                                 "Use pbhost's own token (control.json) while it is down.")
         verdict = ALLOWED if status == 200 else REFUSED
@@ -194,5 +201,11 @@ class Authenticator:
             self._known[who] = max(self._known.get(who, 0.0), float(claims["exp"]))
         if len(self._cache) >= CACHE_MAX:
             self._cache.clear()
-        self._cache[key] = (self._clock() + self._ttl, verdict)
+        self._cache[key] = (now + self._ttl, verdict)
+        if verdict.ok:
+            if len(self._vouched) >= CACHE_MAX:
+                self._vouched.clear()
+            self._vouched[key] = now
+        else:
+            self._vouched.pop(key, None)
         return verdict

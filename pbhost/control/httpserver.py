@@ -45,10 +45,10 @@ ACCEPT_PAUSE = 0.5         # seconds not accepting after EMFILE (the socket stay
 SAY_EVERY = 60.0           # seconds; refusals and accept failures are logged at most this often
 FAILURES_FREE = 3          # 401s on one connection answered at once; later ones are slowed
 FAILURES_CLOSE = 10        # the 401 that closes the connection
-REASONS = {200: b"OK", 400: b"Bad Request", 401: b"Unauthorized", 404: b"Not Found",
-           405: b"Method Not Allowed", 408: b"Request Timeout", 409: b"Conflict",
-           413: b"Payload Too Large", 429: b"Too Many Requests",
-           500: b"Internal Server Error", 503: b"Service Unavailable"}
+REASONS = {200: b"OK", 400: b"Bad Request", 401: b"Unauthorized", 403: b"Forbidden",
+           404: b"Not Found", 405: b"Method Not Allowed", 408: b"Request Timeout",
+           409: b"Conflict", 413: b"Payload Too Large", 429: b"Too Many Requests",
+           500: b"Internal Server Error", 502: b"Bad Gateway", 503: b"Service Unavailable"}
 RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 

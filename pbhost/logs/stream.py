@@ -36,26 +36,33 @@ class LogRecord:
     id: str
     stream: str   # "stdout" | "stderr" | "system"
     text: str
+    seq: int = 0  # the line's number in its process's log, from 1: a cursor for readers
 
 
 class _Ring:
-    """Last `size` lines of one process, kept as the raw blocks they arrived in."""
+    """Last `size` lines of one process, kept as the raw blocks they arrived in.
 
-    __slots__ = ("blocks", "lines", "nbytes", "size")
+    `seq` counts every line ever added; each block keeps the number of its last line, so a
+    reader can ask for what came after the last line it saw (`since`) at no per-line cost here.
+    """
+
+    __slots__ = ("blocks", "lines", "nbytes", "size", "seq")
 
     def __init__(self, size: int) -> None:
-        self.blocks: deque[tuple[float, str, bytes, int]] = deque()
-        self.lines = self.nbytes = 0
+        # (time, stream, block, its line count, the seq of its last line)
+        self.blocks: deque[tuple[float, str, bytes, int, int]] = deque()
+        self.lines = self.nbytes = self.seq = 0
         self.size = size
 
     def add(self, ts: float, stream: str, block: bytes) -> None:
         n = block.count(b"\n")
-        self.blocks.append((ts, stream, block, n))
+        self.seq += n
+        self.blocks.append((ts, stream, block, n, self.seq))
         self.lines += n
         self.nbytes += len(block)
         while len(self.blocks) > 1 and (self.lines - self.blocks[0][3] >= self.size
                                         or self.nbytes > RING_BYTES):
-            _, _, old, k = self.blocks.popleft()
+            _, _, old, k, _ = self.blocks.popleft()
             self.lines -= k
             self.nbytes -= len(old)
 
@@ -63,17 +70,39 @@ class _Ring:
         out: list[LogRecord] = []
         if n <= 0:
             return out
-        for ts, stream, block, _ in reversed(self.blocks):
-            lines = _records(proc_id, stream, ts, block)
+        for ts, stream, block, k, last in reversed(self.blocks):
+            lines = _records(proc_id, stream, ts, block, last - k + 1)
             out[:0] = lines[-(n - len(out)):]
             if len(out) >= n:
                 break
         return out[-min(n, self.size):]
 
+    def since(self, proc_id: str, after: int, n: int) -> list[LogRecord]:
+        """The first `n` kept lines numbered above `after`, oldest first. A cursor above the
+        newest line comes from an earlier pbhost run: everything kept is newer than it."""
+        if after > self.seq:
+            after = 0
+        after = max(after, self.seq - self.size)  # the same `size` lines as tail() shows
+        newer: list[tuple[float, str, bytes, int, int]] = []
+        for blk in reversed(self.blocks):
+            if blk[4] <= after:
+                break
+            newer.append(blk)
+        out: list[LogRecord] = []
+        for ts, stream, block, k, last in reversed(newer):
+            first = last - k + 1
+            out.extend(_records(proc_id, stream, ts, block, first)[max(0, after + 1 - first):])
+            if len(out) >= n:
+                break
+        return out[:max(0, n)]
 
-def _records(proc_id: str, stream: str, ts: float, block: bytes) -> list[LogRecord]:
+
+def _records(proc_id: str, stream: str, ts: float, block: bytes,
+             first: int) -> list[LogRecord]:
+    """The lines of a block as records; `first` is the seq of its first line."""
     text = strip_escapes(block, keep_sgr=False).decode("utf-8", "replace")
-    return [LogRecord(ts, proc_id, stream, line) for line in text.split("\n")[:-1]]
+    return [LogRecord(ts, proc_id, stream, line, seq)
+            for seq, line in enumerate(text.split("\n")[:-1], first)]
 
 
 def _first_lines(block: bytes, k: int) -> bytes:
@@ -178,11 +207,13 @@ class LogStream:
         self._publish(SYSTEM_ID, "system", ts, block)
         self._out.put(SYSTEM_ID, self._render.system(levelno, block, ts))
 
-    def tail(self, proc_id: str, n: int) -> list[LogRecord]:
+    def tail(self, proc_id: str, n: int, after: int | None = None) -> list[LogRecord]:
+        """The last `n` kept lines of `proc_id`; with `after`, the first `n` numbered above it
+        (LogRecord.seq), so that a poller sees every kept line once."""
         ring = self._rings.get(proc_id)
         if ring is None:
             raise UnknownProcess(proc_id)
-        return ring.tail(proc_id, n)
+        return ring.tail(proc_id, n) if after is None else ring.since(proc_id, after, n)
 
     def subscribe(self, fn: Callable[[LogRecord], None],
                   wants: Wants | None = None) -> Callable[[], None]:
@@ -303,7 +334,9 @@ class LogStream:
         most = max((k for _, k in takes), default=0)
         if most <= 0:
             return
-        records = _records(proc_id, stream, ts, block if most >= n else _first_lines(block, most))
+        first = self._rings[proc_id].seq - n + 1  # the ring took this block just before
+        records = _records(proc_id, stream, ts,
+                           block if most >= n else _first_lines(block, most), first)
         for sub, k in takes:
             for rec in records[:k]:
                 if sub not in self._subs:

@@ -151,6 +151,14 @@ def describe(serve_args: Sequence[str], cwd: Path) -> PocketBaseInfo:
                           data_dir=data_dir, hooks_dir=hooks_dir)
 
 
+def command_line(binary: str, args: Sequence[str], cwd: Path) -> list[str]:
+    """`pbhost pocketbase ARGS`: the binary with ARGS, and serve's data dir unless ARGS name one
+    (PocketBase's own default is relative to the binary, pbhost's to the current folder)."""
+    if _flag_value(args, "dir") is not None:
+        return [binary, *args]
+    return [binary, f"--dir={describe((), cwd).data_dir}", *args]
+
+
 def pocketbase_env(base: Mapping[str, str], api_url: str | None,
                    token: str | None) -> dict[str, str]:
     """PocketBase's environment (for its first start and every restart): the run's, plus where

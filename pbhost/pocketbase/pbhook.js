@@ -1,4 +1,4 @@
-// pbhost hook, revision 1. Installed by pbhost (`pbhost serve`); pbhost rewrites this file
+// pbhost hook, revision 2. Installed by pbhost (`pbhost serve`); pbhost rewrites this file
 // when its own copy changes. Turn it off with `pbhost --no-pb-hooks serve` or PBHOST_PB_HOOKS=0.
 /// <reference path="../pb_data/types.d.ts" />
 
@@ -17,6 +17,11 @@
 //
 //   GET  /api/pbhost/probe
 //       Lets pbhost check that this file is loaded. Public; says nothing but the revision.
+//
+//   GET  /_pm/ (and /_pm/app.js, /_pm/app.css, /_pm/favicon.svg)
+//       pbhost's web dashboard: its static files, fetched from pbhost's control API (which
+//       serves them at /) and relayed with their content type and security headers. The page
+//       is public and holds no data; it signs in as a superuser and then uses /api/pm/*.
 //
 // PocketBase runs every handler in an isolated context: a handler sees no top-level variable
 // of this file, so each one reads what it needs by itself.
@@ -99,5 +104,43 @@ routerAdd("POST", "/api/pbhost/logs", (e) => {
   return e.noContent(204);
 }, $apis.skipSuccessActivityLog(), $apis.bodyLimit(1 << 20));
 
-routerAdd("GET", "/api/pbhost/probe", (e) => e.json(200, { pbhost: "hook", revision: 1 }),
+routerAdd("GET", "/api/pbhost/probe", (e) => e.json(200, { pbhost: "hook", revision: 2 }),
   $apis.skipSuccessActivityLog());
+
+// The dashboard's files, from pbhost's control API. Only plain file names are asked for, and
+// nothing of the request but the name is passed on (no token, no query, no headers).
+routerAdd("GET", "/_pm/{path...}", (e) => {
+  const base = $os.getenv("PBHOST_API_URL");
+  const name = e.request.pathValue("path") || "";
+  if (!/^[A-Za-z0-9_-]*(\.[A-Za-z0-9]+)?$/.test(name)) {
+    return e.json(404, { status: 404, message: "The requested resource wasn't found.",
+      data: {} });
+  }
+  if (!base || base.indexOf("unix:") === 0) {
+    return e.json(502, { status: 502, message: "pbhost's dashboard needs its control API on " +
+      "HOST:PORT (it is off, or on a unix socket PocketBase cannot reach)", data: {} });
+  }
+  let res;
+  try {
+    res = $http.send({ url: base + "/" + name, method: "GET", timeout: 10 });
+  } catch (err) {
+    return e.json(502, { status: 502, message: "pbhost control API unreachable", data: {} });
+  }
+  if (res.statusCode !== 200) { // not a dashboard file (the control API wants a token for it)
+    return e.json(404, { status: 404, message: "The requested resource wasn't found.",
+      data: {} });
+  }
+  const first = (key) => (res.headers[key] || [""])[0];
+  for (const key of ["Content-Security-Policy", "X-Frame-Options", "X-Content-Type-Options",
+                     "Referrer-Policy", "Cross-Origin-Opener-Policy",
+                     "Cross-Origin-Resource-Policy", "Cache-Control"]) {
+    const value = first(key);
+    if (value) {
+      e.response.header().set(key, value);
+    }
+  }
+  return e.blob(res.statusCode, first("Content-Type") || "application/octet-stream", res.body);
+}, $apis.skipSuccessActivityLog());
+
+// Relative links in the page need the trailing slash.
+routerAdd("GET", "/_pm", (e) => e.redirect(302, "/_pm/"), $apis.skipSuccessActivityLog());
