@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -18,8 +19,12 @@ def project(tmp_path: Path) -> Iterator[Project]:
         run.stop()
 
 
+SESSION_START = time.time()
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """Say where the browser tests left their screenshots."""
-    shots = sorted(ARTIFACTS.rglob("*.png")) if ARTIFACTS.is_dir() else []
+    """Say where the browser tests left their screenshots (those of this run)."""
+    shots = [p for p in ARTIFACTS.rglob("*.png") if p.stat().st_mtime >= SESSION_START] \
+        if ARTIFACTS.is_dir() else []
     if shots:
         terminalreporter.write_line(f"screenshots ({len(shots)}): {ARTIFACTS}")

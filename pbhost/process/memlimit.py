@@ -28,11 +28,11 @@ class Breach:
     window: float      # the sustain window it stayed over for, seconds
     quick: bool        # began soon after the start: a quick failure
 
-    def message(self) -> str:
-        """`memory 612 MiB over maxMemory 512 MiB for 10s; restarting` (no id: the caller
-        puts it in front for the log line; lastError has it as it is)."""
+    def reason(self) -> str:
+        """`memory 612 MiB over maxMemory 512 MiB for 10s`: lastError, and (with the id in
+        front and "; restarting" after) the log line."""
         held = f" for {self.window:g}s" if self.window > 0 else ""
-        return f"memory {size(self.rss)} over maxMemory {size(self.limit)}{held}; restarting"
+        return f"memory {size(self.rss)} over maxMemory {size(self.limit)}{held}"
 
 
 class RunWatch:

@@ -1,6 +1,7 @@
 """maxMemory at run time: every second, the resident memory of each limited process's whole
 tree (its group, what escaped it), fed to the policy in memlimit.py; a breach restarts the
-process through its supervisor (`Supervisor.recycle`: the normal graceful stop).
+process through its supervisor (`Supervisor.fail_run`, as a failed liveness check does: the
+normal graceful stop, then a restart as after a crash).
 
 A Companion that serve.py adds only when some process sets maxMemory: without a limit nothing
 samples and nothing wakes up. With limits, one /proc scan per tick serves all of them
@@ -40,7 +41,6 @@ class MemoryWatch(Companion):
         self._host: HostView | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._runs: dict[str, tuple[int, RunWatch]] = {}   # id -> (pid of the run, its watch)
-        self._acting: dict[str, asyncio.Task[int | None]] = {}
         self._window_ends: dict[str, tuple[float, asyncio.TimerHandle]] = {}
 
     # -- Companion ------------------------------------------------------------------------
@@ -72,7 +72,7 @@ class MemoryWatch(Companion):
             return
         limited = {sup.id: sup for sup in host.sidecars
                    if host.specs[sup.id].max_memory is not None and sup.pid is not None
-                   and sup.state in ALIVE and sup.id not in self._acting}
+                   and sup.state in ALIVE and not sup.failing}
         self._runs = {i: r for i, r in self._runs.items() if i in limited}
         if not limited:
             return
@@ -119,12 +119,6 @@ class MemoryWatch(Companion):
         return entry
 
     def _act(self, sup: Supervisor, pid: int, breach: Breach) -> None:
-        task = asyncio.get_running_loop().create_task(
-            sup.recycle(pid, breach.message(), breach.quick))
-        self._acting[sup.id] = task
-
-        def done(t: asyncio.Task[int | None]) -> None:
-            self._acting.pop(sup.id, None)
-            if not t.cancelled() and t.exception() is not None:
-                log.error("%s: restart over maxMemory failed: %r", sup.id, t.exception())
-        task.add_done_callback(done)
+        # Over again soon after its start: a quick failure (backoff); later: restart at once.
+        if sup.child is not None and sup.child.pid == pid:
+            sup.fail_run(sup.child, breach.reason(), healthy=not breach.quick)

@@ -185,11 +185,17 @@ class Supervisor:
         self.waiting_for = tuple(waiting)
         self.waiting_text = text if waiting else None
 
+    @property
+    def failing(self) -> bool:
+        """A run is being ended by pbhost's own decision (fail_run), not yet restarted."""
+        return self._failing is not None
+
     def fail_run(self, child: Child, reason: str, healthy: bool) -> None:
-        """`child` failed its liveness check (or its watchdog): stop its group the way a stop
-        does (SIGTERM, stopTimeout, SIGKILL) and, once it has exited, restart it as after a
-        crash: at once if the run had been `healthy` for long enough, else with backoff,
-        counted towards maxRetries. `reason` becomes lastError."""
+        """pbhost ends `child`: it failed its liveness check or its watchdog, or stayed over
+        its maxMemory. Stop its group the way a stop does (SIGTERM, stopTimeout, SIGKILL) and,
+        once it has exited, restart it as after a crash: at once if the run had been `healthy`
+        for long enough, else with backoff, counted towards maxRetries. `reason` becomes
+        lastError; the log says it with "; restarting"."""
         if self.child is not child or self.state not in ALIVE or self._failing is not None:
             return
         self._failing = (child, reason, healthy)
@@ -438,26 +444,6 @@ class Supervisor:
             return None  # a stop arrived meanwhile: it wins
         self.restart_count += 1
         return self.spawn_now()
-
-    async def recycle(self, pid: int, reason: str, failed: bool) -> int | None:
-        """pbhost's own restart of run `pid` (over its memory limit): the normal graceful stop,
-        then a start at once; or, when `failed` (it went over again soon after starting), the
-        crash path: backoff, or crashed at maxRetries, so a leak at start-up cannot storm."""
-        async with self._lock:
-            if self.pid != pid or self.state not in ALIVE:
-                return None  # it exited, or was stopped or restarted, meanwhile
-            gen = self._stop_gen
-            self.last_error = reason
-            log.warning("%s: %s", self.id, reason)
-            await self._terminate()
-            if gen != self._stop_gen:
-                return None  # a stop arrived meanwhile: it wins
-            if failed:
-                self._after_failure()
-                return None
-            self.failures = 0
-            self.restart_count += 1
-            return self.spawn_now()
 
     async def start(self) -> int | None:
         """Start a stopped or crashed process now, with a fresh failure budget."""
