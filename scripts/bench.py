@@ -9,7 +9,8 @@ the difference or ratio against that baseline measured in the same run. Absolute
 by machine; the differences and ratios are what carry over.
 
 Figures from other parts of pbhost come from their own scripts, each exposing
-`run(quick) -> dict`: scripts/bench_logs.py (log stream), scripts/bench_reload.py (hot reload),
+`run(quick) -> dict`: scripts/bench_logs.py (log stream), scripts/bench_pipe.py (one child at
+the pipe limit vs cat and supervisord), scripts/bench_reload.py (hot reload),
 scripts/bench_api.py (control API), scripts/bench_pbhook.py (PocketBase hook). A script that is
 not there yet shows "n/a (pending)".
 """
@@ -42,6 +43,7 @@ FIGURES: dict[str, Callable[[bool, int], list[Row]]] = {
     "restart": benchcore.restart,
     "idle": benchcore.idle_and_crash_loop,
     "logs": lambda quick, runs: log_rows(quick),
+    "pipe": lambda quick, runs: helper_rows("bench_pipe", "log path at the pipe limit", quick),
     "reload": lambda quick, runs: reload_rows(quick),
     "api": lambda quick, runs: helper_rows("bench_api", "control API", quick),
     "pbhook": lambda quick, runs: helper_rows("bench_pbhook", "PocketBase hook", quick),
