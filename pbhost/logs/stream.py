@@ -76,8 +76,11 @@ class _Ring:
 
 
 def _records(proc_id: str, stream: str, ts: float, block: bytes) -> list[LogRecord]:
-    text = strip_escapes(block, keep_sgr=False).decode("utf-8", "replace")
-    return [LogRecord(ts, proc_id, stream, line) for line in text.split("\n")[:-1]]
+    return [LogRecord(ts, proc_id, stream, line) for line in _texts(block)]
+
+
+def _texts(block: bytes) -> list[str]:
+    return strip_escapes(block, keep_sgr=False).decode("utf-8", "replace").split("\n")[:-1]
 
 
 def _first_lines(block: bytes, k: int) -> bytes:
@@ -87,16 +90,21 @@ def _first_lines(block: bytes, k: int) -> bytes:
 
 # How many of the next n lines of (id, stream) a subscriber takes.
 Wants = Callable[[str, str, int], int]
+# A batch subscriber's callback: (id, stream, ts, the texts of the lines it takes).
+Batch = Callable[[str, str, float, list[str]], None]
 
 
 class _Sub:
     """A subscriber: its callback and, optionally, how many lines of a chunk it takes."""
 
-    __slots__ = ("fn", "wants")
+    __slots__ = ("fn", "batch", "wants", "active")
 
-    def __init__(self, fn: Callable[[LogRecord], None], wants: Wants | None) -> None:
+    def __init__(self, fn: Callable[[LogRecord], None] | None, wants: Wants | None,
+                 batch: Batch | None = None) -> None:
         self.fn = fn
+        self.batch = batch
         self.wants = wants
+        self.active = True  # False once unsubscribed: checked per line, so O(1)
 
 
 class _Reader:
@@ -200,10 +208,19 @@ class LogStream:
         With `wants(id, stream, n)`, asked once per chunk of n whole lines, `fn` gets only the
         first lines of the chunk, as many as it answers (0: none). Lines nobody takes are never
         split into records, which keeps a flood cheap for a rate-limited subscriber."""
-        sub = _Sub(fn, wants)
+        return self._add(_Sub(fn, wants))
+
+    def subscribe_batches(self, fn: Batch, wants: Wants) -> Callable[[], None]:
+        """Like `subscribe`, but `fn(id, stream, ts, texts)` gets the lines of a chunk at once,
+        as strings (no LogRecord each): for a subscriber whose cost must not grow per line,
+        such as the one feeding every SSE follower."""
+        return self._add(_Sub(None, wants, fn))
+
+    def _add(self, sub: _Sub) -> Callable[[], None]:
         self._subs.append(sub)
 
         def unsubscribe() -> None:
+            sub.active = False
             if sub in self._subs:
                 self._subs.remove(sub)
         return unsubscribe
@@ -376,14 +393,25 @@ class LogStream:
         most = max((k for _, k in takes), default=0)
         if most <= 0:
             return
-        records = _records(proc_id, stream, ts, block if most >= n else _first_lines(block, most))
+        texts = _texts(block if most >= n else _first_lines(block, most))
+        records: list[LogRecord] | None = None
         for sub, k in takes:
-            for rec in records[:k]:
-                if sub not in self._subs:
-                    break  # removed meanwhile
-                try:
+            if k <= 0 or not sub.active:
+                continue
+            try:
+                if sub.batch is not None:
+                    sub.batch(proc_id, stream, ts, texts if k >= len(texts) else texts[:k])
+                    continue
+                if records is None:
+                    records = [LogRecord(ts, proc_id, stream, t) for t in texts]
+                assert sub.fn is not None
+                for rec in records[:k]:
+                    if not sub.active:
+                        break  # removed meanwhile (a membership test here was O(subscribers))
                     sub.fn(rec)
-                except Exception:  # a broken follower must not break the stream
+            except Exception:  # a broken follower must not break the stream
+                if sub.active:
+                    sub.active = False
                     self._subs.remove(sub)
 
 
