@@ -15,7 +15,8 @@ Each curve is shown with its growth per step: "linear or better" means the cost 
 most 10x the cost of 10 (plus the fixed part). With matplotlib importable, `--plot FILE`
 (scripts/bench.py: docs/performance-scale.png) draws the curves.
 
-    python scripts/bench_scale.py [--quick] [--json FILE] [--plot FILE]
+    python scripts/bench_scale.py [--quick] [--json FILE] [--plot FILE] [--only PART ...]
+    BENCH_PBHOST_SOURCE=DIR ...   the same with the pbhost package in DIR (an older commit's)
     from bench_scale import run; run(quick=True) -> {"rows": [...], "curves": {...}}
 """
 
@@ -83,11 +84,14 @@ class Serve:
         self.data = data
         argv = [*pbhost_command(folder), "serve", "--http", f"127.0.0.1:{self.port}",
                 "--dir", str(data)]
+        env = bench_env()
+        if os.environ.get("BENCH_PBHOST_SOURCE"):  # another checkout's pbhost/, to compare
+            env["PYTHONPATH"] = os.environ["BENCH_PBHOST_SOURCE"] + os.pathsep + env["PYTHONPATH"]
         if stdout_file is None:
-            self.proc: Proc = launch(argv, folder, bench_env())
+            self.proc: Proc = launch(argv, folder, env)
         else:
             with open(stdout_file, "wb") as f:
-                popen = subprocess.Popen(argv, cwd=folder, env=bench_env(), stdout=f,
+                popen = subprocess.Popen(argv, cwd=folder, env=env, stdout=f,
                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
             self.proc = Proc(popen, None)
         self._token: str | None = None

@@ -241,13 +241,13 @@ class LogStream:
     # -- reading ----------------------------------------------------------------------------
 
     # A pipe is either watched (add_reader: read as soon as it has data) or resting (a timer
-    # reads it COALESCE later). Watching a busy pipe costs its writer dearly: every write(2) to
-    # a pipe that epoll watches wakes pbhost, so a child flushing each line pays a wake-up per
-    # line and pbhost reads ~60 bytes per loop turn (6x the CPU per line, and the writer ran
-    # at 0.6x its speed into `cat`, below supervisord, whose poll(2) loop watches less often).
-    # A resting pipe has no waiter: writes are plain copies, and the next read takes the ~1 ms
-    # of lines that collected. A lone line after a quiet spell is read at once (the pipe was
-    # watched), and a pipe found empty is watched again, so an idle pipe costs no wake-ups.
+    # reads it COALESCE later). Watching a busy pipe is dear for both ends: a pipe that has
+    # been polled wakes its waiter on every write(2), so a child flushing each line paid a
+    # wake-up per line and pbhost ran a loop turn for each ~60-byte read (1.09 s of CPU per
+    # million lines, 0.17 s resting; scripts/bench_pipe.py). A resting pipe has no waiter:
+    # writes are plain copies, and the next read takes the ~1 ms of lines that collected. A
+    # lone line after a quiet spell is read at once (the pipe was watched), and a pipe found
+    # empty is watched again, so an idle pipe costs no wake-ups.
     # Only one pipe of a process rests at a time, and it is read before a sibling that wakes
     # (_catch_up), so resting does not reorder a process's stdout and stderr.
 
