@@ -511,7 +511,7 @@ def plot(curves: dict[str, dict[int, dict[str, float]]], path: Path) -> bool:
     xlabel = {"sidecars": "sidecars", "dev": "watched files", "sse": "SSE followers"}
     fig, axes = plt.subplots(3, 3, figsize=(12, 9))
     for ax, (part, key, title) in zip(axes.flat, panels, strict=False):
-        xs = list(curves.get(part, {}))
+        xs = [x for x in curves.get(part, {}) if x or key != "deliveries_per_s"]
         ax.plot(xs, [curves[part][x][key] for x in xs], marker="o")
         if part == "dev":
             ax.set_xscale("log")
