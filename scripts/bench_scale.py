@@ -59,6 +59,9 @@ FILES = (1_000, 10_000, 100_000)
 FOLLOWERS = (0, 1, 10, 50)
 FILES_PER_DIR = 100
 IDLE = ["sh", "-c", "echo ready; exec sleep 3600"]
+# Ignores SIGTERM (inherited across exec): stopped by SIGKILL after its stopTimeout.
+STUBBORN = ["sh", "-c", "trap '' TERM; echo ready; exec sleep 3600"]
+STUBBORN_TIMEOUT = 1.0
 DEV_SIDECAR = "import os, time\nprint(f'pid={os.getpid()}', flush=True)\ntime.sleep(3600)\n"
 # Numbered 60-byte lines, every 1,000th with the child's CLOCK_MONOTONIC, so lag can be read.
 FLOOD = """\
@@ -223,7 +226,31 @@ def sidecars_curve(root: Path, n: int, window: float, requests: int) -> dict[str
     shutil.rmtree(folder, ignore_errors=True)
     return {"spawned_ms": (spawned - healthy) * 1000, "ready_ms": (ready - healthy) * 1000,
             "stop_ms": stop_ms, "idle_cpu_s": cpu, "rss_mib": rss,
-            "list_p50_ms": statistics.median(times), "list_p99_ms": _pct(times, 0.99)}
+            "list_p50_ms": statistics.median(times), "list_p99_ms": _pct(times, 0.99),
+            "stubborn_stop_ms": stubborn_stop(root, n)}
+
+
+def stubborn_stop(root: Path, n: int) -> float:
+    """N sidecars that ignore SIGTERM (stopTimeout 1 s): SIGTERM to pbhost -> all gone, less
+    the stop timeout: what pbhost adds to the SIGKILL round."""
+    folder = root / f"k{n}"
+    (folder / "pb_processes.json").parent.mkdir(parents=True, exist_ok=True)
+    data = _data_dir(root, f"k{n}")
+    (folder / "pb_processes.json").write_text(json.dumps(
+        [{"id": f"s{i}", "command": STUBBORN[0], "args": STUBBORN[1:],
+          "stopTimeout": f"{STUBBORN_TIMEOUT:g}s"} for i in range(n)]))
+    serve = Serve(folder, data)
+    try:
+        pgids = [int(serve.out.wait(r"\[pbhost\] (?:pocketbase|s\d+): started \(pid (\d+)",
+                                    since=0 if i == 0 else None, timeout=60)[1].group(1))
+                 for i in range(n + 1)]
+        for i in range(n):
+            serve.out.wait(rf"^\[s{i}\]\[STDOUT\] ready", since=0, timeout=60)
+        stop_ms = _shutdown(serve, pgids) - STUBBORN_TIMEOUT * 1000
+    finally:
+        serve.stop()
+    shutil.rmtree(folder, ignore_errors=True)
+    return stop_ms
 
 
 # -- 2. dev mode over big trees -----------------------------------------------------------------
@@ -467,6 +494,9 @@ def rows(curves: dict[str, dict[int, dict[str, float]]]) -> list[dict[str, Any]]
           "sidecars", ".1f", "< 2000 ms at 100", lambda p: p[100] < 2000)
     curve("N sidecars: SIGTERM -> every group gone (at 100)", "stop_ms", "ms", "sidecars",
           ".1f", "< 1000 ms at 100 (they exit on SIGTERM)", lambda p: p[100] < 1000)
+    curve("N sidecars ignoring SIGTERM (stopTimeout 1 s): SIGTERM -> all gone, beyond the 1 s "
+          "(at 100)", "stubborn_stop_ms", "ms", "sidecars", ".1f", "< 1000 ms at 100",
+          lambda p: p[100] < 1000)
     curve("N sidecars: idle CPU per 30 s (at 100)", "idle_cpu_s", "s", "sidecars", ".4f",
           "<= 0.01 s at 100", lambda p: p[100] <= 0.01)
     curve("N sidecars: pbhost RSS (at 100)", "rss_mib", "MiB", "sidecars", ".1f")
@@ -502,7 +532,7 @@ def plot(curves: dict[str, dict[int, dict[str, float]]], path: Path) -> bool:
     panels = [("sidecars", "spawned_ms", "healthy -> all spawned (ms)"),
               ("sidecars", "ready_ms", "healthy -> all first lines (ms)"),
               ("sidecars", "stop_ms", "SIGTERM -> all gone (ms)"),
-              ("sidecars", "rss_mib", "pbhost RSS (MiB)"),
+              ("sidecars", "stubborn_stop_ms", "... ignoring SIGTERM, beyond 1 s (ms)"),
               ("sidecars", "list_p99_ms", "API list p99 (ms)"),
               ("dev", "watcher_start_ms", "watcher start-up (ms)"),
               ("dev", "edit_to_restart_ms", "edit -> restart (ms)"),
