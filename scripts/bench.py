@@ -9,10 +9,12 @@ the difference or ratio against that baseline measured in the same run. Absolute
 by machine; the differences and ratios are what carry over.
 
 Figures from other parts of pbhost come from their own scripts, each exposing
-`run(quick) -> dict`: scripts/bench_logs.py (log stream), scripts/bench_reload.py (hot reload),
+`run(quick) -> dict`: scripts/bench_logs.py (log stream), scripts/bench_pipe.py (one child at
+the pipe limit vs cat and supervisord), scripts/bench_reload.py (hot reload),
 scripts/bench_api.py (control API), scripts/bench_limits.py (what clients holding the API
 cost), scripts/bench_pbhook.py (PocketBase hook), scripts/bench_memory.py (maxMemory),
-scripts/bench_health.py (probes). A script that is not there yet shows "n/a (pending)".
+scripts/bench_health.py (probes), scripts/bench_scale.py (cost curves in the number of
+sidecars, watched files, followers). A script that is not there yet shows "n/a (pending)".
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import benchreport  # noqa: E402
 from benchreport import Row  # noqa: E402
 
 SCRIPTS = Path(__file__).resolve().parent
+SCALE_PLOT = SCRIPTS.parent / "docs" / "performance-scale.png"
 
 # name -> (function(quick, runs) -> rows)
 FIGURES: dict[str, Callable[[bool, int], list[Row]]] = {
@@ -43,6 +46,8 @@ FIGURES: dict[str, Callable[[bool, int], list[Row]]] = {
     "restart": benchcore.restart,
     "idle": benchcore.idle_and_crash_loop,
     "logs": lambda quick, runs: log_rows(quick),
+    "pipe": lambda quick, runs: helper_rows("bench_pipe", "log path at the pipe limit", quick),
+    "scale": lambda quick, runs: scale_rows(quick),
     "reload": lambda quick, runs: reload_rows(quick),
     "api": lambda quick, runs: helper_rows("bench_api", "control API", quick),
     "limits": lambda quick, runs: helper_rows("bench_limits", "control API limits", quick),
@@ -78,6 +83,18 @@ def log_rows(quick: bool) -> list[Row]:
                     f"{r['serve_py_writer_ratio_min']:.2f}-{r['serve_py_writer_ratio_max']:.2f}",
                     baseline="cat > file = 1.00", goal=">= 0.9x", ok=ratio >= 0.9))
     return rows
+
+
+def scale_rows(quick: bool) -> list[Row]:
+    """The cost curves; their plot goes to docs/ when matplotlib is importable."""
+    if not (SCRIPTS / "bench_scale.py").exists():
+        return helper_rows("bench_scale", "cost curves", quick)
+    scale = importlib.import_module("bench_scale")
+    result = scale.run(quick)
+    if not scale.plot(result["curves"], SCALE_PLOT):
+        print("matplotlib is not importable: the cost curves are not plotted "
+              f"({SCALE_PLOT.relative_to(SCRIPTS.parent)} is left as it was)", file=sys.stderr)
+    return benchreport.rows_from_helper("cost curves", result)
 
 
 def reload_rows(quick: bool) -> list[Row]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import resource
@@ -289,7 +290,7 @@ def run(quick: bool = False) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         for k in (1, 4):
-            m, lo, hi = _median(lambda: inproc_flood(tmp, k, n), runs)
+            m, lo, hi = _median(functools.partial(inproc_flood, tmp, k, n), runs)
             res.update({f"inproc_{k}child_lines_per_s": m, f"inproc_{k}child_min": lo,
                         f"inproc_{k}child_max": hi})
         m, lo, hi = _median(lambda: writer_ratio(tmp, n), runs)

@@ -127,14 +127,24 @@ def install_honcho() -> str | None:
     measured next to pbhost's. None when that fails (offline): the issue's numbers are shown."""
     if honcho_binary():
         return honcho_binary()
+    return install_tool(HONCHO_VENV, f"honcho=={HONCHO_VERSION}", "honcho")
+
+
+def install_tool(venv: Path, requirement: str, binary: str) -> str | None:
+    """`venv`/bin/`binary`, pip-installing `requirement` into that venv first if needed: other
+    process managers measured as baselines live in venvs of their own under ~/.cache, never in
+    pbhost's. None when the install fails (offline)."""
+    path = venv / "bin" / binary
+    if path.exists():
+        return str(path)
     try:
-        subprocess.run([PY, "-m", "venv", str(HONCHO_VENV)], check=True, capture_output=True)
-        subprocess.run([str(HONCHO_VENV / "bin" / "pip"), "install", "-q",
-                        f"honcho=={HONCHO_VERSION}"], check=True, capture_output=True, timeout=120)
+        subprocess.run([PY, "-m", "venv", str(venv)], check=True, capture_output=True)
+        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", requirement], check=True,
+                       capture_output=True, timeout=120)
     except (OSError, subprocess.SubprocessError):
-        shutil.rmtree(HONCHO_VENV, ignore_errors=True)
+        shutil.rmtree(venv, ignore_errors=True)
         return None
-    return honcho_binary()
+    return str(path) if path.exists() else None
 
 
 def _ms(a: float, b: float) -> float:

