@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import argparse
 import http.client
 import json
 import os
@@ -36,6 +35,7 @@ from pbhost.orphans.trees import TreeScanner  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "scripts"))
 from benchkit import free_port  # noqa: E402
+from benchreport import helper_main  # noqa: E402
 
 SIDECARS = 9
 IDLE = "import os, time\nprint(f'pid={os.getpid()}', flush=True)\ntime.sleep(3600)\n"
@@ -180,19 +180,7 @@ def run(quick: bool) -> dict[str, Any]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--json", metavar="FILE")
-    args = parser.parse_args()
-    result = run(args.quick)
-    for row in result["rows"]:
-        ok = "" if row.get("ok") is None else ("  ok" if row["ok"] else "  MISSED")
-        goal = f"  goal {row['goal']}" if row.get("goal") else ""
-        spread = f"  ({row['spread']})" if row.get("spread") else ""
-        print(f"{row['figure']:<55} {row['value']:>9.3f} ms{spread}  n={row['n']}{goal}{ok}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
-    return 0
+    return helper_main(__doc__ or "", run, "control API")
 
 
 if __name__ == "__main__":

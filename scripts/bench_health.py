@@ -17,7 +17,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -28,6 +27,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchkit import PY, Proc, bench_env, cpu_seconds, free_port, launch, pbhost_command  # noqa: E402
+from benchreport import helper_main  # noqa: E402
 
 SIDECARS = 10
 PROBE_PERIOD = 1.0
@@ -162,18 +162,7 @@ def run(quick: bool) -> dict[str, Any]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--json", metavar="FILE")
-    args = parser.parse_args()
-    result = run(args.quick)
-    for row in result["rows"]:
-        ok = "" if row.get("ok") is None else ("  ok" if row["ok"] else "  MISSED")
-        print(f"{row['figure']:<66} {row['value']:>9} {row.get('unit', 'ms')}  "
-              f"goal {row['goal']}{ok}  {row.get('baseline', '')}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
-    return 0
+    return helper_main(__doc__ or "", run, "health probes")
 
 
 if __name__ == "__main__":

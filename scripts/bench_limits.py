@@ -17,16 +17,12 @@
 
 from __future__ import annotations
 
-import argparse
-import base64
 import http.client
-import json
 import os
 import resource
 import secrets
 import shutil
 import socket
-import sqlite3
 import sys
 import tempfile
 import threading
@@ -40,8 +36,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT / "tests"))
 
 from bench_api import Pbhost, _stats, bench_list  # noqa: E402
+from benchreport import helper_main  # noqa: E402
+from support import forged_jwt, pb_requests  # noqa: E402
 
 IDLE_HELD = 500
 FLOOD = 2000
@@ -163,32 +162,13 @@ def bench_flood(quick: bool) -> dict[str, Any] | None:
             "fds_base": base, "fds_peak": peak[0]}
 
 
-def _forged_jwt() -> str:
-    def part(value: dict[str, Any]) -> str:
-        return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
-    claims = {"collectionId": "pbc_3142635823", "exp": int(time.time()) + 3600,
-              "id": secrets.token_hex(8)[:15], "refreshable": True, "type": "auth"}
-    sig = base64.urlsafe_b64encode(os.urandom(32)).rstrip(b"=").decode()
-    return f"{part({'alg': 'HS256', 'typ': 'JWT'})}.{part(claims)}.{sig}"
-
-
-def _pb_logged(data_dir: Path, prefix: str) -> int:
-    db = sqlite3.connect(f"file:{data_dir / 'auxiliary.db'}?mode=ro", uri=True)
-    try:
-        (n,) = db.execute("SELECT count(*) FROM _logs WHERE json_extract(data, '$.url') LIKE ?",
-                          (prefix + "%",)).fetchone()
-        return int(n)
-    finally:
-        db.close()
-
-
 def bench_auth() -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="pbhost-bench-auth-") as tmp:
         host = Pbhost(Path(tmp))
         url = f"http://127.0.0.1:{host.port + 1}/api/pm/list"
         try:
             tokens = [secrets.token_urlsafe(32) for _ in range(500)] + \
-                     [_forged_jwt() for _ in range(500)]
+                     [forged_jwt() for _ in range(500)]
 
             def attempt(token: str) -> int:
                 req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
@@ -205,9 +185,9 @@ def bench_auth() -> dict[str, Any]:
             urllib.request.urlopen(f"http://127.0.0.1:{host.port}{marker}", timeout=5).close()
             data_dir = Path(tmp) / "pb_data"
             deadline = time.monotonic() + 30
-            while not _pb_logged(data_dir, marker) and time.monotonic() < deadline:
+            while not pb_requests(data_dir, marker) and time.monotonic() < deadline:
                 time.sleep(0.2)
-            asked = _pb_logged(data_dir, "/api/collections/_superusers/auth-refresh")
+            asked = pb_requests(data_dir, "/api/collections/_superusers/auth-refresh")
         finally:
             host.close()
     return {"asked": asked, "seconds": round(took, 1),
@@ -248,18 +228,7 @@ def run(quick: bool) -> dict[str, Any]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--json", metavar="FILE")
-    args = parser.parse_args()
-    result = run(args.quick)
-    for row in result["rows"]:
-        ok = "" if row.get("ok") is None else ("  ok" if row["ok"] else "  MISSED")
-        extra = " ".join(str(row[k]) for k in ("spread", "baseline", "vs", "note") if row.get(k))
-        print(f"{row['figure']:<80} {row['value']:>9g} {row.get('unit', 'ms')}  {extra}{ok}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
-    return 0
+    return helper_main(__doc__ or "", run, "control API limits")
 
 
 if __name__ == "__main__":

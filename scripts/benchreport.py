@@ -3,8 +3,11 @@ docs as is), plus the reference numbers of other process managers quoted from th
 
 from __future__ import annotations
 
+import argparse
+import json
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping
+from pathlib import Path
+from typing import Any, Callable, Mapping
 
 # Measured by the issue's author on this kind of machine; not re-measured by this script.
 REFERENCES = (
@@ -50,10 +53,10 @@ def _fmt(value: float | None, unit: str) -> str:
     return f"{value:g} {unit}".strip()
 
 
-def table(rows: list[Row], machine: Mapping[str, Any]) -> str:
-    head = ("| figure | median | spread (runs) | baseline, same run | vs baseline | goal | met |\n"
-            "|---|---|---|---|---|---|---|")
-    lines = [head]
+def rows_table(rows: list[Row]) -> str:
+    """The rows as a Markdown table."""
+    lines = ["| figure | median | spread (runs) | baseline, same run | vs baseline | goal | met |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         met = "" if r.ok is None else ("yes" if r.ok else "**no**")
         spread = f"{r.spread} ({r.n})" if r.spread else (f"({r.n})" if r.value is not None else "")
@@ -61,14 +64,19 @@ def table(rows: list[Row], machine: Mapping[str, Any]) -> str:
         note = f" {r.note}" if r.note and r.value is not None else ""
         lines.append(f"| {r.figure} | {value}{note} | {spread} | {r.baseline} | {r.vs} | "
                      f"{r.goal} | {met} |")
-    mode = "quick" if machine.get("quick") else "full"
-    lines.append("")
-    lines.append(f"{machine['date']}, {machine['cpus']} CPUs, Linux {machine['kernel']}, Python "
-                 f"{machine['python']}, {mode} mode ({machine['runs']} runs per timed figure), "
-                 f"{machine['seconds']} s in all.")
-    lines.append("Reference numbers quoted from the issue (other machines' runs, not measured "
-                 "here): " + "; ".join(REFERENCES) + ".")
     return "\n".join(lines)
+
+
+def table(rows: list[Row], machine: Mapping[str, Any]) -> str:
+    """The rows, then the machine and the reference numbers quoted from the issue."""
+    mode = "quick" if machine.get("quick") else "full"
+    return "\n".join([
+        rows_table(rows), "",
+        f"{machine['date']}, {machine['cpus']} CPUs, Linux {machine['kernel']}, Python "
+        f"{machine['python']}, {mode} mode ({machine['runs']} runs per timed figure), "
+        f"{machine['seconds']} s in all.",
+        "Reference numbers quoted from the issue (other machines' runs, not measured here): "
+        + "; ".join(REFERENCES) + "."])
 
 
 def rows_from_helper(label: str, result: Mapping[str, Any]) -> list[Row]:
@@ -97,3 +105,16 @@ def _walk(label: str, value: Any, rows: list[Row]) -> None:
                 _walk(f"{label} {key}", sub, rows)
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
         rows.append(Row(label, value, ""))
+
+
+def helper_main(doc: str, run: Callable[[bool], Mapping[str, Any]], label: str) -> int:
+    """`python scripts/bench_X.py [--quick] [--json FILE]`: one helper's figures, by hand."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer runs, shorter windows")
+    parser.add_argument("--json", metavar="FILE", help="also write the figures here")
+    args = parser.parse_args()
+    result = run(args.quick)
+    print(rows_table(rows_from_helper(label, result)))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return 0

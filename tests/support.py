@@ -15,6 +15,7 @@ import re
 import secrets
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -372,6 +373,17 @@ class Api:
 
 # -- PocketBase superusers and users -----------------------------------------------------------
 EMAIL, PASSWORD = "root@example.com", "password123"
+
+
+def pb_requests(data_dir: Path, url_prefix: str) -> int:
+    """Requests PocketBase logged (its _logs table) whose URL starts with `url_prefix`."""
+    db = sqlite3.connect(f"file:{data_dir / 'auxiliary.db'}?mode=ro", uri=True)
+    try:
+        (n,) = db.execute("SELECT count(*) FROM _logs WHERE json_extract(data, '$.url') LIKE ?",
+                          (url_prefix + "%",)).fetchone()
+        return int(n)
+    finally:
+        db.close()
 
 
 def forged_jwt() -> str:

@@ -15,7 +15,6 @@ import secrets
 import shutil
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -40,6 +39,7 @@ from support import (
     free_port,
     http_json,
     login,
+    pb_requests,
     pbhost_env,
     pid_alive,
     upsert_superuser,
@@ -327,17 +327,6 @@ def test_follow_streams_are_capped_with_a_clear_503(one: Api) -> None:
 
 
 # -- authentication cannot hammer PocketBase ---------------------------------------------
-def pb_requests(run: PbhostRun, url_prefix: str) -> int:
-    """Requests PocketBase logged (its _logs table) whose URL starts with `url_prefix`."""
-    db = sqlite3.connect(f"file:{run.data_dir / 'auxiliary.db'}?mode=ro", uri=True)
-    try:
-        (n,) = db.execute("SELECT count(*) FROM _logs WHERE json_extract(data, '$.url') LIKE ?",
-                          (url_prefix + "%",)).fetchone()
-        return int(n)
-    finally:
-        db.close()
-
-
 def test_random_tokens_cost_pocketbase_fewer_than_50_auth_requests(project: Project) -> None:
     project.write("idle.py", IDLE)
     project.config([{"id": "agent", "script": "idle.py", "interpreter": PY}])
@@ -366,8 +355,8 @@ def test_random_tokens_cost_pocketbase_fewer_than_50_auth_requests(project: Proj
     marker = f"/api/health?marker={secrets.token_hex(8)}"
     with urllib.request.urlopen(run.url + marker, timeout=5) as resp:
         assert resp.status == 200
-    wait_for(lambda: pb_requests(run, marker), 20, "PocketBase's request log caught up")
-    asked = pb_requests(run, SUPERUSER_CHECK)
+    wait_for(lambda: pb_requests(run.data_dir, marker), 20, "PocketBase's request log caught up")
+    asked = pb_requests(run.data_dir, SUPERUSER_CHECK)
     assert asked < 50, f"{asked} auth-refresh requests for 1,000 random tokens"
 
 
