@@ -317,6 +317,9 @@ def run(quick: bool = False, runs: int | None = None,
     runs = runs or (3 if quick else 7)
     if before is None and os.environ.get("BENCH_PBHOST_BEFORE"):
         before = Path(os.environ["BENCH_PBHOST_BEFORE"])
+    if before is not None:
+        import compileall  # as for this pbhost (bench.py): measure code, not the compiler
+        compileall.compile_dir(str(before), quiet=1)
     sv_binary = supervisord_binary()
     kinds = {"line": 200_000, "8k": 1_000_000}
     dests = ["cat", "supervisord", "pbhost"] + (["before"] if before else [])
