@@ -440,6 +440,8 @@ def test_systemd_unit_verifies(project: Project, tmp_path: Path) -> None:
     assert keys["Type"] == "notify" and keys["KillMode"] == "mixed"
     assert keys["Restart"] == "on-failure" and keys["NotifyAccess"] == "main"
     assert int(keys["TimeoutStopSec"]) > 12 + 5  # the longest stopTimeout, then PocketBase's
+    # `systemctl reload`: SIGHUP to pbhost, which reloads pb_processes.json (not a terminal).
+    assert keys["ExecReload"] == "/bin/kill -HUP $MAINPID"
     assert keys["WorkingDirectory"] == str(project.root)
     command = keys["ExecStart"].split()
     assert Path(command[0]).is_absolute() and Path(command[0]).exists()
