@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from support import (
+    IDLE,
     OUT_ERR,
     PY,
     ROOT,
@@ -24,6 +25,7 @@ from support import (
     ints,
     pid_alive,
     ppid,
+    printed_pids,
     proc_stat,
     run_pbhost,
     started_pid,
@@ -404,6 +406,31 @@ def test_sd_notify_ready_after_health_then_stopping(project: Project, abstract: 
         assert run.wait_exit() == 0
         stopping = listener.wait("STOPPING=1")
         assert stopping > ready
+    finally:
+        listener.sock.close()
+
+
+def test_systemctl_reload_is_a_sighup_that_reloads(project: Project) -> None:
+    """What `ExecReload=/bin/kill -HUP $MAINPID` does: under systemd stdin is not a terminal,
+    so pbhost reloads the process file (RELOADING=1, then READY=1), PocketBase untouched."""
+    project.write("s.py", IDLE)
+    project.config([{"id": "s", "script": "s.py", "interpreter": PY}])
+    listener = NotifyListener(project.root, abstract=True)
+    try:
+        run = project.serve(env={"NOTIFY_SOCKET": listener.env})
+        ready = listener.wait("READY=1")
+        run.wait_line("[s][STDOUT] pid=")
+        pb = started_pid(run.output())
+        project.config([{"id": "s", "script": "s.py", "interpreter": PY},
+                        {"id": "t", "script": "s.py", "interpreter": PY}])
+        subprocess.run(["/bin/kill", "-HUP", str(run.proc.pid)], check=True)
+        reloading = listener.wait("RELOADING=1")
+        assert reloading > ready and "MONOTONIC_USEC=" in listener.messages[reloading]
+        wait_for(lambda: any("READY=1" in m for m in listener.poll()[reloading + 1:]), 15,
+                 "READY=1 after the reload")
+        run.wait_line("[t][STDOUT] pid=")
+        assert len(printed_pids(run, "s")) == 1 and pid_alive(pb)
+        assert run.proc.poll() is None
     finally:
         listener.sock.close()
 
