@@ -15,12 +15,14 @@ import signal
 import time
 from pathlib import Path
 from typing import Any, cast
+from urllib.parse import quote
 
 import pexpect
 import pytest
 
 from support import (
     PY,
+    TICKER,
     Api,
     PbhostRun,
     Project,
@@ -405,3 +407,44 @@ def test_pocketbase_hook_reloads_for_superusers(project: Project) -> None:
     (project.root / "pb_processes.json").write_text("[")
     status, body = http_json(url, "POST", su, timeout=60)
     assert status == 422 and "JSON syntax error" in body["data"]["errors"][0], body
+
+
+def test_envfile_contents_count_and_equal_values_do_not(project: Project) -> None:
+    """Compared fully resolved: a new value in the .env restarts; `${A}` rewritten as an equal
+    `${B}` does not."""
+    project.write(".env", "COLOUR=red\n")
+    env_side = side("e", "${COLOUR}", envFile="./.env")
+    same_side = side("s", "${A}")
+    run = start(project, [env_side, same_side], env={"A": "teal", "B": "teal"})
+    api = Api(run)
+    before = pids(api)
+    assert "colour=red" in run.wait_line("[e][STDOUT] pid=")
+    project.write(".env", "COLOUR=blue\n")
+    project.config([env_side, side("s", "${B}")])
+    out = reload_ok(project)
+    assert re.search(r"restarted\s+e\s+pid \d+\s+\(environment changed\)", out), out
+    assert re.search(r"unchanged\s+s\s+pid", out), out
+    assert "colour=blue" in run.wait_line("[e][STDOUT] pid=", count=2)
+    assert pids(api)["s"] == before["s"]
+
+
+def test_a_pblogs_change_applies_without_a_restart(project: Project) -> None:
+    upsert_superuser(project.root)
+    project.write("tick.py", TICKER)
+    tick = {"id": "tick", "script": "tick.py", "interpreter": PY, "pbLogs": "none"}
+    project.config([tick])
+    run = project.serve()
+    run.wait_line("PocketBase hook answers", timeout=20)
+    pid = printed_pids(run, "tick")[0]
+    su = login(run)
+    project.config([{**tick, "pbLogs": "all"}])  # the bridge had nothing to carry until now
+    reload_ok(project)
+    run.wait_line("reload: tick: updated in place (pbLogs changed)")
+
+    def bridged() -> int:
+        status, body = http_json(f"{run.url}/api/logs?perPage=1&filter="
+                                 + quote('data.process = "tick"'), token=su)
+        assert status == 200, body
+        return int(body["totalItems"])
+    wait_for(bridged, 20, "tick's lines in PocketBase's logs", interval=0.5)
+    assert printed_pids(run, "tick") == [pid] and pid_alive(pid)

@@ -190,8 +190,8 @@ class Host:
         """The sidecars are now `specs`, in this order: new ids get a supervisor (stopped, not
         started), ids not in `specs` leave the set (retire them first), the others keep theirs,
         whose next start follows the new spec (a live run keeps its monitor: a spec whose run
-        differs was halted and reconfigured by the reload first). Which processes are jobs
-        follows the new graph. Returns the supervisors added."""
+        differs was halted first). Which processes are jobs follows the new graph. Returns the
+        supervisors added."""
         kept = {sup.id: sup for sup in self.sidecars}
         self.specs.clear()
         self.specs.update((spec.id, spec) for spec in specs)
@@ -206,9 +206,9 @@ class Host:
             if sup is None:
                 added.append(self._sidecar(spec))
                 self.stream.register(spec.id)  # a re-added id keeps its ring: history goes on
-            else:
-                prepare, policy, _ = self.sidecar_parts(spec)
-                sup.reconfigure(prepare, policy)
+            else:  # a live run keeps its monitor (its probes did not change, or it restarts)
+                prepare, policy, monitor = self.sidecar_parts(spec)
+                sup.reconfigure(prepare, policy, monitor if sup.child is None else None)
         fresh = {sup.id: sup for sup in added}
         self.sidecars = [kept.get(spec.id) or fresh[spec.id] for spec in specs]
         self._schedule_snapshot()

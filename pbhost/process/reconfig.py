@@ -42,7 +42,7 @@ from pbhost.process.state import ProcessState
 if TYPE_CHECKING:
     from pbhost.config.loader import LoadedConfig, ProcessSpec
     from pbhost.process.host import Host
-    from pbhost.process.specdiff import Change
+    from pbhost.process.specdiff import Change, ReloadPlan
     from pbhost.process.supervisor import Launch, Supervisor
 
     # Companions a new set of processes needs that the host does not have yet (dev mode,
@@ -192,47 +192,15 @@ async def apply(host: Host, specs: Sequence[ProcessSpec], resolved: Mapping[str,
                 extras: Extras) -> tuple[Change, ...]:
     """Bring the host's sidecars to `specs` (`resolved`: what a start of each would run now).
     Returns what happened to each id, as the log says it."""
-    from pbhost.process.specdiff import Change, plan
+    from pbhost.process.specdiff import plan
 
     new = {spec.id: spec for spec in specs}
-    draft = plan(host.specs, specs, host.launched, resolved)
-    changes: list[Change] = []
-    restart: list[Supervisor] = []
-    released: set[str] = set()  # stopped on request, and given a new spec: it starts again
-    for change in draft.changes:
-        if change.kind == RESTARTED:
-            sup = host.get(change.proc_id)
-            if _restarts(sup, new[change.proc_id]):
-                restart.append(sup)
-                if sup.held:
-                    released.add(sup.id)
-            else:  # no run to restart: the next start (if any) uses the new spec
-                change = Change(change.proc_id, UPDATED, change.keys)
-                log.info("reload: %s: updated (%s changed; it is %s: its next start uses "
-                         "them)", change.proc_id, ", ".join(change.keys), sup.state)
-                changes.append(change)
-                continue
-        changes.append(change)
-        log.info("reload: %s: %s", change.proc_id, _said(change))
+    changes, restart = _decide(host, plan(host.specs, specs, host.launched, resolved), new)
+    released = {sup.id for sup in restart if sup.held}  # stopped on request, now redefined
     removed = [host.get(c.proc_id) for c in changes if c.kind == REMOVED]
-    graph = {spec.id: with_pocketbase(spec.depends_on) for spec in specs}
-    parts = {sup.id: host.sidecar_parts(new[sup.id], graph) for sup in restart}
-    for sup in (*restart, *removed):
-        host.order.forget(sup.id)  # nothing starts them while they stop
-
-    async def end_one(sup: Supervisor) -> None:
-        if sup.id not in parts:
-            await sup.retire()
-            await _end_escapees(host, sup)
-            return
-        prepare, policy, monitor = parts[sup.id]
-        ran = sup.state is not S.STOPPED and sup.state is not S.CRASHED
-        await sup.halt(lambda: sup.reconfigure(prepare, policy, monitor))
-        if ran:
-            sup.restart_count += 1
-    await host.order.stop([*restart, *removed], end_one)  # the old graph: dependents first
+    await _stop(host, restart, removed, new)
     if host.shutting_down:
-        return tuple(changes)  # the shutdown stops the rest; nothing new may start
+        return changes  # the shutdown stops the rest; nothing new may start
     host.set_processes(specs)
     for sup in restart:
         if sup.id in released:
@@ -244,7 +212,57 @@ async def apply(host: Host, specs: Sequence[ProcessSpec], resolved: Mapping[str,
     due = {sup.id for sup in restart} | {c.proc_id for c in changes
                                          if c.kind == ADDED and new[c.proc_id].autostart}
     host.order.wait_for([spec.id for spec in specs if spec.id in due])  # the file's order
-    return tuple(changes)
+    return changes
+
+
+def _decide(host: Host, draft: ReloadPlan, new: Mapping[str, ProcessSpec]
+            ) -> tuple[tuple[Change, ...], list[Supervisor]]:
+    """The plan made final with the states as they are now, each id's line logged; and the
+    supervisors to restart."""
+    from pbhost.process.specdiff import Change
+
+    changes: list[Change] = []
+    restart: list[Supervisor] = []
+    for change in draft.changes:
+        text = _said(change)
+        if change.kind == RESTARTED:
+            sup = host.get(change.proc_id)
+            if _restarts(sup, new[change.proc_id]):
+                restart.append(sup)
+            else:  # no run to restart: its next start, if any, uses the new spec
+                change = Change(change.proc_id, UPDATED, change.keys)
+                text = (f"updated ({', '.join(change.keys)} changed; it is {sup.state}: its "
+                        "next start uses them)")
+        elif change.kind == ADDED and not new[change.proc_id].autostart:
+            text = f"added (autostart is off; start it with `pbhost start {change.proc_id}`)"
+        changes.append(change)
+        log.info("reload: %s: %s", change.proc_id, text)
+    return tuple(changes), restart
+
+
+async def _stop(host: Host, restart: Sequence[Supervisor], removed: Sequence[Supervisor],
+                new: Mapping[str, ProcessSpec]) -> None:
+    """Retire the removed, halt the restarted with their new spec; dependents first (the old
+    graph), the rest at once."""
+    graph = {spec.id: with_pocketbase(spec.depends_on) for spec in new.values()}
+    parts = {sup.id: host.sidecar_parts(new[sup.id], graph) for sup in restart}
+    for sup in (*restart, *removed):
+        host.order.forget(sup.id)  # nothing starts them while they stop
+
+    async def end_one(sup: Supervisor) -> None:
+        try:
+            if sup.id not in parts:
+                await sup.retire()
+                await _end_escapees(host, sup)
+                return
+            prepare, policy, monitor = parts[sup.id]
+            ran = sup.state is not S.STOPPED and sup.state is not S.CRASHED
+            await sup.halt(lambda: sup.reconfigure(prepare, policy, monitor))
+            if ran:
+                sup.restart_count += 1
+        except Exception:  # a bug: the others must still reach the new set
+            log.exception("reload: %s: could not be stopped cleanly", sup.id)
+    await host.order.stop([*restart, *removed], end_one)
 
 
 def _restarts(sup: Supervisor, spec: ProcessSpec) -> bool:
