@@ -79,9 +79,9 @@ async def _serve(opts: Options, serve_args: list[str], cwd: Path, stream: LogStr
                 companions=[link] if link is not None else [])
     reloads = ConfigReload(host, opts.config, cwd, os.environ, path,
                            early=prespawn.take_hangup)
-    extras = _OnDemand(cwd, reloads)
-    reloads.extras = extras.needed
-    for companion in [*extras.needed(processes), reloads]:
+    on_demand = _OnDemand(cwd, reloads)
+    reloads.extras = on_demand.needed
+    for companion in [*on_demand.needed(processes), reloads]:
         host.add_companion(companion)
     if prespawn.hangup_reloads():  # not on a terminal: SIGHUP reloads the config
         host.on_hangup = reloads.signalled

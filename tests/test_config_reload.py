@@ -178,6 +178,19 @@ def test_a_broken_edit_changes_nothing_and_says_why(project: Project) -> None:
     assert {k: v for k, v in pids(api).items() if k != "c"} == before
 
 
+def test_a_file_broken_at_start_is_fixed_by_a_reload(project: Project) -> None:
+    """PocketBase started alone on a broken file; once it is fixed, no restart is needed."""
+    project.write("side.py", SIDE)
+    (project.root / "pb_processes.json").write_text('[{"id": "a", "scirpt": "side.py"}]')
+    run = project.serve()
+    run.wait_line("the process file is broken")
+    pb = pids(Api(run))["pocketbase"]
+    project.config([side("a")])
+    assert "1 added" in reload_ok(project)
+    run.wait_line("[a][STDOUT] pid=")
+    assert pids(Api(run))["pocketbase"] == pb
+
+
 def test_an_envfile_that_cannot_be_read_is_an_error_too(project: Project) -> None:
     run = start(project, [side("a")])
     api = Api(run)
@@ -289,11 +302,17 @@ def test_removing_a_process_ends_what_escaped_its_group(project: Project) -> Non
     assert pids(api) == {"pocketbase": pids(api)["pocketbase"], "a": a}
     run.wait_line("left outside its group; mule was removed")
 
-    # The same id back at once: what its new run leaves outside its group is its own, not a
-    # leftover of the removed one.
+    # Removed and back at once (inside the 100 ms after its exit when pbhost sweeps what an
+    # exited run left): what the new run leaves outside its group is its own, no leftover.
     project.config([side("a"), escaper[0]])
-    reload_ok(project)
-    kid = int(re.findall(r"kid=(\d+)", run.wait_line("[esc][STDOUT]", count=2))[0])
+    assert api.post("/api/pm/reload")[0] == 200
+    second = int(re.findall(r"kid=(\d+)", run.wait_line("[esc][STDOUT]", count=2))[0])
+    project.config([side("a")])
+    assert api.post("/api/pm/reload")[0] == 200
+    assert not pid_alive(second)
+    project.config([side("a"), escaper[0]])
+    assert api.post("/api/pm/reload")[0] == 200
+    kid = int(re.findall(r"kid=(\d+)", run.wait_line("[esc][STDOUT]", count=3))[0])
     stays(lambda: pid_alive(kid), 1.5, "the re-added process's escapee lives")
 
 

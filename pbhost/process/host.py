@@ -227,8 +227,9 @@ class Host:
         self._schedule_snapshot()
         self.order.schedule()
         if sup is not self.pocketbase:
-            if sup.child is None and sup.last_exit is not None:
-                # What the run left outside its group is unsupervised now.
+            if sup.child is None and sup.last_exit is not None and not sup.retired:
+                # What the run left outside its group is unsupervised now. (A process a
+                # reload removed: the reload ends that itself, before it answers.)
                 self.sweeper.after_exit(sup.id, sup.policy.stop_timeout)
             return
         if sup.state is ProcessState.STARTING:

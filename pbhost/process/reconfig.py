@@ -88,14 +88,14 @@ class ConfigReload(Companion):
     """The reloads of one host: serialized, coalesced, refused once shutdown has begun."""
 
     def __init__(self, host: Host, option: str | None, cwd: Path, environ: Mapping[str, str],
-                 path: Path | None, extras: Extras | None = None,
-                 early: Callable[[], bool] = lambda: False) -> None:
+                 path: Path | None, early: Callable[[], bool] = lambda: False) -> None:
         self.host = host
         self._option = option        # --config / PBHOST_CONFIG, as given (None: look in cwd)
         self._cwd = cwd
         self._environ = environ      # what the loader expands ${VAR} from, as at start-up
         self.path = path             # the file the running set came from (None: none yet)
-        self.extras: Extras = extras or (lambda specs: ())
+        # What makes the companions a new set needs (serve.py sets it; none by default).
+        self.extras: Extras = lambda specs: ()
         self._early = early          # a SIGHUP came before the loop's handlers existed
         self._lock = asyncio.Lock()
         self._queued: asyncio.Task[ReloadResult] | None = None
