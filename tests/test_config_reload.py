@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import os
 import re
 import signal
 import time
@@ -22,7 +23,6 @@ import pytest
 
 from support import (
     PY,
-    TICKER,
     Api,
     PbhostRun,
     Project,
@@ -449,16 +449,26 @@ def test_envfile_contents_count_and_equal_values_do_not(project: Project) -> Non
 
 def test_a_pblogs_change_applies_without_a_restart(project: Project) -> None:
     upsert_superuser(project.root)
-    project.write("tick.py", TICKER)
+    # One stderr line per SIGUSR1, then quiet: PocketBase writes its log batch once the
+    # lines stop (a steady stream would wait for a batch of 200).
+    project.write("tick.py", """\
+        import os, signal, sys
+        signal.signal(signal.SIGUSR1, lambda *_: print("oops", file=sys.stderr, flush=True))
+        print(f"pid={os.getpid()}", flush=True)
+        while True:
+            signal.pause()
+    """)
     tick = {"id": "tick", "script": "tick.py", "interpreter": PY, "pbLogs": "none"}
     project.config([tick])
     run = project.serve()
     run.wait_line("PocketBase hook answers", timeout=20)
     pid = printed_pids(run, "tick")[0]
     su = login(run)
-    project.config([{**tick, "pbLogs": "all"}])  # the bridge had nothing to carry until now
+    project.config([{**tick, "pbLogs": "stderr"}])  # the bridge had nothing to carry until now
     reload_ok(project)
     run.wait_line("reload: tick: updated in place (pbLogs changed)")
+    os.kill(pid, signal.SIGUSR1)
+    run.wait_line("[tick][STDERR] oops")
 
     def bridged() -> int:
         status, body = http_json(f"{run.url}/api/logs?perPage=1&filter="

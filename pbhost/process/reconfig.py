@@ -72,10 +72,6 @@ class ReloadResult:
         self.errors = errors        # what is wrong with the file: nothing changed
         self.refused = refused      # why no reload ran at all
 
-    @property
-    def ok(self) -> bool:
-        return not self.errors and self.refused is None
-
     def ids(self, kind: str) -> list[str]:
         return [c.proc_id for c in self.changes if c.kind == kind]
 
