@@ -1,5 +1,6 @@
 """`pbhost serve`, the normal path: the log stream, the config, the host and what plugs into it
-(dev mode, the PocketBase hook, the control API), then the loop until shutdown.
+(dev mode, the PocketBase hook, the control API, reloads of the config), then the loop until
+shutdown.
 
 PocketBase itself is usually running already: the fast start path (startup/prespawn.py)
 spawned it before click and asyncio were imported, and `take()` hands it over here.
@@ -23,6 +24,7 @@ from pbhost.pocketbase.bridge import HookLink
 from pbhost.process.host import HEALTH_TIMEOUT, Host, HostSettings
 from pbhost.process.hostview import Companion
 from pbhost.process.procctl import set_child_subreaper
+from pbhost.process.reconfig import ConfigReload
 from pbhost.process.state import HEALTHY_RUN
 from pbhost.production.notify import Notifier, stdout_is_journal
 from pbhost.startup import prespawn
@@ -58,7 +60,7 @@ async def _serve(opts: Options, serve_args: list[str], cwd: Path, stream: LogStr
     stream.start(asyncio.get_running_loop())
     log.log(*start.hook.log_line())
     _warn_misplaced_options(serve_args)
-    processes = _load_processes(opts, cwd, start.loaded)
+    path, processes = _load_processes(opts, cwd, start.loaded)
     _become_reaper()
     settings = HostSettings(
         pb_binary=start.binary, serve_args=tuple(serve_args), pb=start.pb, cwd=cwd,
@@ -67,24 +69,24 @@ async def _serve(opts: Options, serve_args: list[str], cwd: Path, stream: LogStr
         # Hidden knobs for tests: shorter healthy threshold, shorter health wait.
         healthy_run=_env_float("PBHOST_HEALTHY_SECONDS", HEALTHY_RUN),
         health_timeout=_env_float("PBHOST_HEALTH_TIMEOUT", HEALTH_TIMEOUT))
-    companions: list[Companion] = []
     link = HookLink(start.pb, processes, stream, start.token) if start.hook.wanted else None
-    if link is not None:
-        companions.append(link)
-    if any(spec.dev_mode for spec in processes):
-        from pbhost.dev.reload import DevReload  # no watcher code at all without devMode
-        companions.append(DevReload(cwd))
-    if any(spec.max_memory is not None for spec in processes):
-        from pbhost.process.memory import MemoryWatch  # no sampling at all without a limit
-        companions.append(MemoryWatch())
     if any(spec.env_files for spec in processes):
         # python-dotenv (the envFile parser) loads now, while PocketBase starts, rather than
         # in front of the first sidecar's spawn.
         import dotenv.parser  # noqa: F401
     host = Host(settings, stream, notifier=notifier,
-                ledger=Ledger(start.pb.data_dir, start.run_id), companions=companions)
-    api_task = (asyncio.get_running_loop().create_task(_serve_api(host, start.api, start.token))
-                if start.api is not None else None)
+                ledger=Ledger(start.pb.data_dir, start.run_id),
+                companions=[link] if link is not None else [])
+    reloads = ConfigReload(host, opts.config, cwd, os.environ, path,
+                           early=prespawn.take_hangup)
+    on_demand = _OnDemand(cwd, reloads)
+    reloads.extras = on_demand.needed
+    for companion in [*on_demand.needed(processes), reloads]:
+        host.add_companion(companion)
+    if prespawn.hangup_reloads():  # not on a terminal: SIGHUP reloads the config
+        host.on_hangup = reloads.signalled
+    api_task = (asyncio.get_running_loop().create_task(
+        _serve_api(host, start.api, start.token, reloads)) if start.api is not None else None)
     try:
         return await host.run(pb_child=start.child)
     finally:
@@ -94,6 +96,30 @@ async def _serve(opts: Options, serve_args: list[str], cwd: Path, stream: LogStr
             await _close_api(api_task)
 
 
+class _OnDemand:
+    """The companions only some sets of processes need, made the first time one does (at
+    start-up or by a reload), so that without them nothing is imported, watched or sampled."""
+
+    def __init__(self, cwd: Path, reloads: ConfigReload) -> None:
+        self._cwd = cwd
+        self._reloads = reloads
+        self._dev = False
+        self._memory = False
+
+    def needed(self, specs: Sequence[ProcessSpec]) -> list[Companion]:
+        out: list[Companion] = []
+        if not self._dev and any(spec.dev_mode for spec in specs):
+            from pbhost.dev.reload import DevReload  # no watcher code at all without devMode
+            self._dev = True
+            out.append(DevReload(self._cwd, lambda: self._reloads.path,
+                                 self._reloads.file_changed))
+        if not self._memory and any(spec.max_memory is not None for spec in specs):
+            from pbhost.process.memory import MemoryWatch  # no sampling without a limit
+            self._memory = True
+            out.append(MemoryWatch())
+        return out
+
+
 def _setup_logging(stream: LogStream, verbose: bool) -> None:
     handler = LogStreamHandler(stream)
     log.handlers[:] = [handler]
@@ -101,25 +127,26 @@ def _setup_logging(stream: LogStream, verbose: bool) -> None:
     log.propagate = False
 
 
-def _load_processes(opts: Options, cwd: Path,
-                    loaded: LoadedConfig | None) -> Sequence[ProcessSpec]:
-    """The sidecars to run; a broken file means none (PocketBase still starts) unless --strict
-    (which checked the file before PocketBase started: `loaded`)."""
+def _load_processes(opts: Options, cwd: Path, loaded: LoadedConfig | None
+                    ) -> tuple[Path | None, Sequence[ProcessSpec]]:
+    """The process file and the sidecars to run; a broken file means none (PocketBase still
+    starts; a reload once it is fixed starts them) unless --strict (which checked the file
+    before PocketBase started: `loaded`)."""
     path = loaded.path if loaded is not None else find_config(opts.config, cwd)
     if path is None:
         log.info("no pb_processes.json here: running PocketBase alone")
-        return ()
+        return None, ()
     try:
         loaded = loaded or load_config(path, os.environ)
     except ConfigError as exc:
         for problem in exc.problems:
             log.error("%s: %s", exc.path, problem)
         log.error("the process file is broken: starting PocketBase without sidecars "
-                  "(--strict makes this fatal)")
-        return ()
+                  "(--strict makes this fatal; `pbhost reload` once it is fixed)")
+        return path, ()
     for warning in loaded.warnings:
         log.warning("%s", warning)
-    return loaded.processes
+    return path, loaded.processes
 
 
 def _env_float(name: str, default: float) -> float:
@@ -129,7 +156,8 @@ def _env_float(name: str, default: float) -> float:
         return default
 
 
-async def _serve_api(host: Host, addr: ApiAddress, token: str) -> ApiHandle | None:
+async def _serve_api(host: Host, addr: ApiAddress, token: str,
+                     reloads: ConfigReload) -> ApiHandle | None:
     # h11 and the API modules load only once the children are spawned (or PocketBase is slow
     # to become healthy), so they never delay PocketBase or the sidecars.
     try:
@@ -137,7 +165,7 @@ async def _serve_api(host: Host, addr: ApiAddress, token: str) -> ApiHandle | No
     except asyncio.TimeoutError:
         pass
     from pbhost.control.api import start_api
-    return await start_api(host, addr, token, os.environ)
+    return await start_api(host, addr, token, os.environ, reload=reloads.request)
 
 
 async def _close_api(task: asyncio.Task[ApiHandle | None]) -> None:

@@ -55,6 +55,8 @@ FIGURES: dict[str, Callable[[bool, int], list[Row]]] = {
     "pbhook": lambda quick, runs: helper_rows("bench_pbhook", "PocketBase hook", quick),
     "memory": lambda quick, runs: helper_rows("bench_memory", "maxMemory", quick),
     "health": lambda quick, runs: helper_rows("bench_health", "health probes", quick),
+    "configreload": lambda quick, runs: helper_rows("bench_configreload", "config reload",
+                                                    quick),
 }
 
 

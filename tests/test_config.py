@@ -431,7 +431,7 @@ def test_find_config_explicit(tmp_path: Path) -> None:
         "no pb_processes.json/pb_processes.yaml/pb_processes.yml in this folder"]
 
 
-@pytest.mark.parametrize("name", ["list", "metrics", "logs"])
+@pytest.mark.parametrize("name", ["list", "metrics", "logs", "reload"])
 def test_ids_that_api_routes_would_shadow_are_refused(tmp_path: Path, name: str) -> None:
     (tmp_path / "a.py").write_text("")
     path = tmp_path / "pb_processes.json"

@@ -370,4 +370,4 @@ def test_install_hook_actions(tmp_path: Path) -> None:
     assert sorted(p.name for p in hooks.iterdir()) == [HOOK_NAME]  # no temp file left
     (tmp_path / "file").write_text("")
     assert install_hook(tmp_path / "file" / "hooks").action == FAILED
-    assert revision(hook_source()) == 2
+    assert revision(hook_source()) == 3

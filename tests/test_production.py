@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from support import (
+    IDLE,
     OUT_ERR,
     PY,
     ROOT,
@@ -24,6 +25,7 @@ from support import (
     ints,
     pid_alive,
     ppid,
+    printed_pids,
     proc_stat,
     run_pbhost,
     started_pid,
@@ -408,6 +410,31 @@ def test_sd_notify_ready_after_health_then_stopping(project: Project, abstract: 
         listener.sock.close()
 
 
+def test_systemctl_reload_is_a_sighup_that_reloads(project: Project) -> None:
+    """What `ExecReload=/bin/kill -HUP $MAINPID` does: under systemd stdin is not a terminal,
+    so pbhost reloads the process file (RELOADING=1, then READY=1), PocketBase untouched."""
+    project.write("s.py", IDLE)
+    project.config([{"id": "s", "script": "s.py", "interpreter": PY}])
+    listener = NotifyListener(project.root, abstract=True)
+    try:
+        run = project.serve(env={"NOTIFY_SOCKET": listener.env})
+        ready = listener.wait("READY=1")
+        run.wait_line("[s][STDOUT] pid=")
+        pb = started_pid(run.output())
+        project.config([{"id": "s", "script": "s.py", "interpreter": PY},
+                        {"id": "t", "script": "s.py", "interpreter": PY}])
+        subprocess.run(["/bin/kill", "-HUP", str(run.proc.pid)], check=True)
+        reloading = listener.wait("RELOADING=1")
+        assert reloading > ready and "MONOTONIC_USEC=" in listener.messages[reloading]
+        wait_for(lambda: any("READY=1" in m for m in listener.poll()[reloading + 1:]), 15,
+                 "READY=1 after the reload")
+        run.wait_line("[t][STDOUT] pid=")
+        assert len(printed_pids(run, "s")) == 1 and pid_alive(pb)
+        assert run.proc.poll() is None
+    finally:
+        listener.sock.close()
+
+
 def test_journal_stream_gets_syslog_priority_prefixes(project: Project) -> None:
     project.write("s.py", OUT_ERR)
     project.config([{"id": "s", "script": "s.py", "interpreter": PY,
@@ -440,6 +467,8 @@ def test_systemd_unit_verifies(project: Project, tmp_path: Path) -> None:
     assert keys["Type"] == "notify" and keys["KillMode"] == "mixed"
     assert keys["Restart"] == "on-failure" and keys["NotifyAccess"] == "main"
     assert int(keys["TimeoutStopSec"]) > 12 + 5  # the longest stopTimeout, then PocketBase's
+    # `systemctl reload`: SIGHUP to pbhost, which reloads pb_processes.json (not a terminal).
+    assert keys["ExecReload"] == "/bin/kill -HUP $MAINPID"
     assert keys["WorkingDirectory"] == str(project.root)
     command = keys["ExecStart"].split()
     assert Path(command[0]).is_absolute() and Path(command[0]).exists()

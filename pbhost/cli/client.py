@@ -106,15 +106,26 @@ class ApiClient:
 
     def call(self, method: str, path: str) -> Any:
         """One request; the decoded JSON body, or ClientError with the server's message."""
-        conn, resp = self._open(method, path, self.timeout)
+        status, body = self.request(method, path)
+        if status != 200:
+            raise ClientError(_message(status, body))
+        return body
+
+    def request(self, method: str, path: str, timeout: float | None = None) -> tuple[int, Any]:
+        """One request, whatever its answer: (status, the decoded JSON body)."""
+        conn, resp = self._open(method, path, timeout or self.timeout)
         try:
             raw = resp.read()
+        except OSError as exc:  # a timeout while the answer is being made
+            raise ClientError(f"no answer from pbhost's control API at {self.endpoint.url}: "
+                              f"{exc.strerror or exc.__class__.__name__}") from None
         finally:
             conn.close()
-        body = _decode(raw)
-        if resp.status != 200:
-            raise ClientError(_message(resp.status, body))
-        return body
+        return resp.status, _decode(raw)
+
+    def error(self, status: int, body: Any) -> ClientError:
+        """The ClientError for a refused request."""
+        return ClientError(_message(status, body))
 
     def process_path(self, proc_id: str, action: str = "") -> str:
         return "/api/pm/" + quote(proc_id, safe="") + (f"/{action}" if action else "")

@@ -78,22 +78,8 @@ def check(opts: Options) -> int:
 def _check_env_files(specs: Sequence[Any], path: str) -> list[str]:
     """Read every envFile as a start would: its problems are errors, `${VAR}` it leaves unset
     warnings (names only, never a value)."""
-    from pbhost.config.envfile import EnvFileError
-    from pbhost.config.template import unset_warning
-    from pbhost.process.launch import resolve_env
-    problems: list[str] = []
-    warnings: list[str] = []
-    for spec in specs:
-        if not spec.env_files:
-            continue  # load_config checked its ${VAR}s already
-        label = f'process "{spec.id}"'
-        try:
-            own = resolve_env(spec, os.environ)
-        except EnvFileError as exc:
-            problems += [f'{label}: "envFile" {problem}' for problem in exc.problems]
-            continue
-        warnings += [unset_warning(label, name, var, " in this environment or its envFile")
-                     for name, var in own.unset]
+    from pbhost.process.launch import check_env_files
+    problems, warnings = check_env_files(specs, os.environ)
     if problems:
         raise ConfigError(path, problems)
     return warnings
@@ -186,6 +172,27 @@ def _action_command(action: str, done: str, help_text: str) -> None:
 _action_command("start", "started", "Start a stopped or crashed process (fresh retry budget).")
 _action_command("stop", "stopped", "Stop a process; it stays stopped until started again.")
 _action_command("restart", "restarted", "Stop a process's whole group and start it again.")
+
+
+RELOAD_TIMEOUT = 300.0  # seconds: a reload waits for what it stops (stopTimeout, in order)
+
+
+@cli.command()
+@_dir_option
+def reload(data_dir: str | None) -> int:
+    """Read pb_processes.json again and apply the difference: new processes start, removed
+    ones stop, changed ones restart; the others, and PocketBase, are left alone. A broken file
+    changes nothing: its errors are printed, exit status 2."""
+    from pbhost.cli.views import reload_report
+    client = _client(data_dir)
+    status, body = client.request("POST", "/api/pm/reload", timeout=RELOAD_TIMEOUT)
+    data = body.get("data") if isinstance(body, dict) else None
+    if status == 422 and isinstance(data, dict) and data.get("errors"):
+        raise ConfigError(str(data.get("config")), [str(e) for e in data["errors"]])
+    if status != 200:
+        raise client.error(status, body)
+    click.echo(reload_report(body))
+    return 0
 
 
 @cli.command()

@@ -1,4 +1,5 @@
-"""How the client commands show what the control API returns: the `ls` table, log lines."""
+"""How the client commands show what the control API returns: the `ls` table, log lines,
+what a reload did."""
 
 from __future__ import annotations
 
@@ -82,6 +83,27 @@ def table(processes: Sequence[dict[str, Any]]) -> str:
     if errors:
         lines.append("")
         lines += [click.style("last error ", fg="red") + e for e in errors]
+    return "\n".join(lines)
+
+
+RELOAD_KINDS = ("added", "removed", "restarted", "updated", "unchanged")
+
+
+def reload_report(body: dict[str, Any]) -> str:
+    """What `pbhost reload` prints: a summary, then one line per process (its pid now, and
+    which keys changed)."""
+    pids = {p["id"]: p.get("pid") for p in body.get("processes", [])}
+    changes = body.get("changes", [])
+    counts = [f"{len(body.get(kind, []))} {kind}" for kind in RELOAD_KINDS if body.get(kind)]
+    lines = [f"reloaded {body.get('config')}: " + (", ".join(counts) or "no processes")]
+    width = max((len(str(c["id"])) for c in changes), default=0)
+    for c in changes:
+        pid = pids.get(c["id"])
+        text = f"  {c['change']:<9}  {str(c['id']).ljust(width)}"
+        text += f"  pid {pid}" if pid else ""
+        if c.get("keys"):
+            text += f"  ({', '.join(c['keys'])} changed)"
+        lines.append(text.rstrip())
     return "\n".join(lines)
 
 

@@ -17,9 +17,10 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from pbhost.config import template
 
 # Ids that would be confused with pbhost's own log prefixes `[pocketbase]` and `[pbhost]`,
-# or that the control API's own routes (`/api/pm/list`, `/metrics`, `/logs`) would shadow.
+# or that the control API's own routes (`/api/pm/list`, `/metrics`, `/logs`, `/reload`) would
+# shadow.
 RESERVED_IDS = frozenset({"pocketbase", "pbhost"})
-API_ROUTE_IDS = frozenset({"list", "metrics", "logs"})
+API_ROUTE_IDS = frozenset({"list", "metrics", "logs", "reload"})
 PB_LOGS_CHOICES = ("stderr", "all", "none")
 
 _ID_RE = re.compile(r"[A-Za-z0-9_.-]+\Z")

@@ -6,6 +6,7 @@
     GET  /api/pm/{id}             one process
     GET  /api/pm/{id}/logs        recent lines (?lines=N, default 100; ?after=SEQ; ?follow=1: SSE)
     POST /api/pm/{id}/restart|stop|start
+    POST /api/pm/reload           read pb_processes.json again, apply the difference
     GET  /livez  /readyz          for orchestrators' probes: no token
     GET  /, /app.js, ...          the web dashboard (webui.py), no token needed
     POST /api/collections/_superusers/auth-with-password   relayed to PocketBase (signin.py)
@@ -53,7 +54,10 @@ from pbhost.statedir import KeptFile, control_path
 if TYPE_CHECKING:
     from pbhost.logs.stream import LogRecord
     from pbhost.process.hostview import HostView
+    from pbhost.process.reconfig import ReloadResult
     from pbhost.process.supervisor import Supervisor
+
+    Reload = Callable[[str], asyncio.Future[ReloadResult]]
 
 log = logging.getLogger("pbhost")
 
@@ -75,8 +79,10 @@ def _json(value: Any) -> bytes:
 
 class ControlApi:
     def __init__(self, host: HostView, auth: Authenticator,
-                 stats: GroupStats | None = None, max_followers: int = MAX_FOLLOWERS) -> None:
+                 stats: GroupStats | None = None, max_followers: int = MAX_FOLLOWERS,
+                 reload: Reload | None = None) -> None:
         self.host = host
+        self.reload = reload             # ConfigReload.request (None: no reloads here)
         self.auth = auth
         self.stats = stats or GroupStats()
         self.max_followers = max_followers
@@ -112,6 +118,8 @@ class ControlApi:
 
     async def _route(self, req: Request, parts: list[str]) -> Response | StreamResponse:
         get = req.method in ("GET", "HEAD")
+        if parts == ["reload"]:
+            return await self.reload_config() if req.method == "POST" else _not_allowed("POST")
         if len(parts) == 1 and parts[0] in ("list", "metrics", "logs"):
             if not get:
                 return _not_allowed("GET")
@@ -288,6 +296,23 @@ class ControlApi:
         return Response(200, _json(self.describe(sup)))
 
 
+    async def reload_config(self) -> Response:
+        """200 with what changed; 422 with the file's errors (nothing changed); 503 while
+        pbhost shuts down."""
+        if self.host.shutting_down or self.reload is None:
+            return error(503, "pbhost is shutting down.")
+        from pbhost.process.reconfig import result_fields
+        # Shielded: a client that hangs up does not cut a reload in half.
+        result = await asyncio.shield(self.reload("requested through the API"))
+        if result.errors:
+            return Response(422, _json({
+                "status": 422, "message": f"{result.config} has errors; nothing was changed.",
+                "data": {"config": result.config, "errors": list(result.errors)}}))
+        if result.refused is not None:
+            return error(503, result.refused[0].upper() + result.refused[1:] + ".")
+        return Response(200, _json({**result_fields(result), "processes": self.processes()}))
+
+
 def _not_allowed(allow: str) -> Response:
     resp = error(405, f"Method not allowed here; use {allow}.")
     resp.headers.append(("allow", allow if allow != "GET" else "GET, HEAD"))
@@ -346,13 +371,15 @@ class ApiHandle:
 
 
 async def start_api(host: HostView, addr: ApiAddress, token: str,
-                    environ: Mapping[str, str]) -> ApiHandle | None:
+                    environ: Mapping[str, str], reload: Reload | None = None
+                    ) -> ApiHandle | None:
     """Listen on `addr` and write control.json; None (logged) if the address cannot be used."""
     pb = host.pb
     auth = Authenticator([token, environ.get("PBHOST_API_TOKEN", "")], pb.local_host,
                          pb.port)
     limits = limits_for(nofile_limit())
-    api = ControlApi(host, auth, max_followers=min(MAX_FOLLOWERS, limits.max_connections // 4))
+    api = ControlApi(host, auth, max_followers=min(MAX_FOLLOWERS, limits.max_connections // 4),
+                     reload=reload)
     server = api.server = HttpServer(api.handle, error, limits)
     try:
         if addr.path:

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from pbhost.config.loader import ProcessSpec
     from pbhost.logs.stream import LogRecord, LogStream
     from pbhost.pocketbase.binary import PocketBaseInfo
+    from pbhost.process.hostview import HostView
 
 log = logging.getLogger("pbhost")
 
@@ -80,6 +81,13 @@ class LogBridge:
     @property
     def active(self) -> bool:
         return bool(self.modes)
+
+    def set_modes(self, modes: Mapping[str, str]) -> None:
+        """A reload's pbLogs: a process keeps its rate-limit bucket, a new one gets a full one;
+        lines of a removed one already buffered still go."""
+        self.modes = {pid: mode for pid, mode in modes.items() if mode != "none"}
+        self._buckets = {pid: self._buckets.get(pid) or _Bucket(float(self.limits.burst))
+                         for pid in self.modes}
 
     def attach(self, stream: LogStream) -> None:
         """Start collecting lines (before the sidecars start, so none is missed)."""
@@ -220,8 +228,19 @@ class HookLink(Companion):
         self.pb = pb
         self.bridge = LogBridge(pb, token, {spec.id: spec.pb_logs for spec in specs})
         self.bridge.attach(stream)
+        self._stream = stream
         self._check: asyncio.Task[None] | None = None
         self._sending = False
+        self._failed = False  # the probe found no hook: the bridge stays off
+
+    def reloaded(self, host: HostView) -> None:
+        """pbLogs as the reloaded file says, without restarting anything."""
+        self.bridge.set_modes({spec.id: spec.pb_logs for spec in host.specs.values()})
+        if self._failed or not self.bridge.active:
+            return
+        self.bridge.attach(self._stream)  # the first process with pbLogs on
+        if self._sending:
+            self.bridge.start()
 
     def pb_healthy(self) -> None:
         if self._check is None:  # the first time only; PocketBase restarts load the same file
@@ -247,5 +266,6 @@ class HookLink(Companion):
             self._sending = True
             return
         bridge.close()
+        self._failed = True
         log.warning("PocketBase hook check failed: %s. /api/pm/* on PocketBase's port and the "
                     "log bridge are off; pbhost's own control API still works", problem)

@@ -1,11 +1,11 @@
-// pbhost hook, revision 2. Installed by pbhost (`pbhost serve`); pbhost rewrites this file
+// pbhost hook, revision 3. Installed by pbhost (`pbhost serve`); pbhost rewrites this file
 // when its own copy changes. Turn it off with `pbhost --no-pb-hooks serve` or PBHOST_PB_HOOKS=0.
 /// <reference path="../pb_data/types.d.ts" />
 
 // What this file does, on PocketBase's own port:
 //
 //   GET  /api/pm/list, GET /api/pm/{id}, GET /api/pm/{id}/logs, GET /api/pm/logs (all),
-//   POST /api/pm/{id}/restart | stop | start
+//   POST /api/pm/{id}/restart | stop | start, POST /api/pm/reload
 //       Superusers only. Forwarded to pbhost's control API, whose address and token pbhost
 //       passes to PocketBase (its child) as PBHOST_API_URL and PBHOST_API_TOKEN_INTERNAL.
 //       Status and JSON body are relayed as they are; pbhost down -> 502.
@@ -48,7 +48,9 @@ const forwardToPbhost = (e) => {
     url: base + e.request.url.path + (query ? "?" + query : ""),
     method: e.request.method,
     headers: { "Accept": "application/json", "Authorization": "Bearer " + token },
-    timeout: 30, // seconds: a restart waits for the old process group to stop
+    // seconds: a restart waits for the old process group to stop; a reload for every
+    // process it stops or restarts, dependents first
+    timeout: e.request.url.path === "/api/pm/reload" ? 300 : 30,
   };
   const body = e.request.method === "POST" ? toString(e.request.body) : "";
   if (body) {
@@ -75,6 +77,7 @@ routerAdd("GET", "/api/pm/{id}/logs", forwardToPbhost, $apis.requireSuperuserAut
 routerAdd("POST", "/api/pm/{id}/restart", forwardToPbhost, $apis.requireSuperuserAuth());
 routerAdd("POST", "/api/pm/{id}/stop", forwardToPbhost, $apis.requireSuperuserAuth());
 routerAdd("POST", "/api/pm/{id}/start", forwardToPbhost, $apis.requireSuperuserAuth());
+routerAdd("POST", "/api/pm/reload", forwardToPbhost, $apis.requireSuperuserAuth());
 
 // Sidecar output from pbhost: {"lines": [{"process", "stream", "text"}...],
 //                              "skipped": {"<process>": <count>}}
@@ -104,7 +107,7 @@ routerAdd("POST", "/api/pbhost/logs", (e) => {
   return e.noContent(204);
 }, $apis.skipSuccessActivityLog(), $apis.bodyLimit(1 << 20));
 
-routerAdd("GET", "/api/pbhost/probe", (e) => e.json(200, { pbhost: "hook", revision: 2 }),
+routerAdd("GET", "/api/pbhost/probe", (e) => e.json(200, { pbhost: "hook", revision: 3 }),
   $apis.skipSuccessActivityLog());
 
 // The dashboard's files, from pbhost's control API. Only plain file names are asked for, and

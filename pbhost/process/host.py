@@ -6,8 +6,11 @@ Which sidecars wait, and for what, is re-evaluated after every change of any pro
 readiness), once per loop turn: startorder.py, with the rules in depends.py.
 
 What else must happen at those moments (dev-mode watchers, the PocketBase hook's log bridge)
-plugs in as a `Companion` (hostview.py), given to the Host when it is made; the host knows no
-more of them, and they see the host only as a `HostView`.
+plugs in as a `Companion` (hostview.py), given to the Host when it is made (or added once a
+reload needs it); the host knows no more of them, and they see the host only as a `HostView`.
+
+The set of sidecars changes at run time only through `set_processes` (a reload of the config,
+sequenced by reconfig.py); PocketBase never changes.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import os
 import signal
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 from pbhost.config.envfile import EnvFileError
 from pbhost.config.template import unset_warning
@@ -82,12 +85,17 @@ class Host:
         self.stream = stream
         self.notifier = notifier or Notifier(None)
         self.ledger = ledger  # state.json: what a killed pbhost leaves for the next run to end
-        self.companions = tuple(companions)
+        self.companions = list(companions)
         self.reaper = Reaper()
         self.runtime = SystemRuntime(self.reaper, stream)
         self.specs = {spec.id: spec for spec in settings.processes}
         # id -> {dependency: condition}, the implicit "pocketbase": "ready" filled in.
         self.graph = {spec.id: with_pocketbase(spec.depends_on) for spec in settings.processes}
+        # id -> what its current (or last) start resolved the spec to, or why it could not:
+        # what a reload compares the file's new spec against.
+        self.launched: dict[str, Launch | str] = {}
+        # SIGHUP: a reload when pbhost is not on a terminal (serve.py decides), else shutdown.
+        self.on_hangup: Callable[[], None] | None = None
         self._socket_name = f"pbhost-{os.getpid()}-{os.urandom(4).hex()}"  # + id + run number
         self.pocketbase = Supervisor(
             PB_ID, self._pb_launch,
@@ -107,7 +115,7 @@ class Host:
         self.forced = False  # a second Ctrl-C killed everything at once
         self._snapshot_due = False
         self.sweeper = Sweeper(lambda: [s.pid for s in self.supervisors if s.pid],
-                               lambda proc_id: self.get(proc_id).pid)
+                               self._current_pid)
 
     @property
     def supervisors(self) -> list[Supervisor]:
@@ -123,13 +131,34 @@ class Host:
                 return sup
         raise UnknownProcess(proc_id)
 
+    def _current_pid(self, proc_id: str) -> int | None:
+        """The live child of `proc_id` (None once a reload removed it)."""
+        try:
+            return self.get(proc_id).pid
+        except UnknownProcess:
+            return None
+
     # -- launching ------------------------------------------------------------------------
     def _pb_launch(self) -> Launch:
         s = self.settings
         env = pocketbase_env(s.environ, s.api_url, s.api_token)
         return Launch([s.pb_binary, "serve", *s.serve_args], env, str(s.cwd), "direct")
 
+    def resolve(self, spec: ProcessSpec) -> Launch:
+        """What a start of `spec` runs now: argv, the whole environment (the envFiles read
+        now), cwd. Raises EnvFileError."""
+        plan, env, _ = prepare_launch(spec, self.settings.environ, self.settings.pb)
+        return Launch(plan.argv, env, str(spec.cwd), plan.interpreter)
+
     def _sidecar(self, spec: ProcessSpec) -> Supervisor:
+        prepare, policy, monitor = self.sidecar_parts(spec)
+        return Supervisor(spec.id, prepare, policy, self.runtime, on_change=self._on_state,
+                          hooks=monitor)
+
+    def sidecar_parts(self, spec: ProcessSpec, graph: Mapping[str, Mapping[str, str]] | None = None
+                      ) -> tuple[Callable[[], Launch], Policy, RunMonitor]:
+        """What a Supervisor of `spec` runs with: its prepare step, policy and run monitor.
+        `graph`: the dependsOn graph that says whether it is a job (default: the host's)."""
         warned: set[tuple[str, str]] = set()
 
         def prepare() -> Launch:
@@ -137,29 +166,70 @@ class Host:
             try:
                 plan, env, own = prepare_launch(spec, self.settings.environ, self.settings.pb)
             except EnvFileError as exc:
+                self.launched[spec.id] = str(exc)
                 raise LaunchError(str(exc)) from None
             if spec.env_files:  # without envFile, loading the config warned already
                 for name, var in set(own.unset) - warned:
                     warned.add((name, var))
                     log.warning("%s", unset_warning(spec.id, name, var,
                                                     " in pbhost's environment or its envFile"))
-            return Launch(plan.argv, env, str(spec.cwd), plan.interpreter)
+            launch = Launch(plan.argv, env, str(spec.cwd), plan.interpreter)
+            self.launched[spec.id] = launch  # what a reload compares the file against
+            return launch
 
         policy = Policy(max_retries=spec.max_retries, backoff=spec.backoff,
                         stop_timeout=spec.stop_timeout, healthy_run=self.settings.healthy_run,
-                        gated=spec.readiness is not None, one_shot=spec.id in jobs(self.graph))
+                        gated=spec.readiness is not None,
+                        one_shot=spec.id in jobs(self.graph if graph is None else graph))
         monitor = RunMonitor(spec, self.runtime, self.stream,
                              f"{self._socket_name}-{spec.id}")
-        return Supervisor(spec.id, prepare, policy, self.runtime, on_change=self._on_state,
-                          hooks=monitor)
+        return prepare, policy, monitor
+
+    # -- the set of sidecars, at run time (reconfig.py sequences a reload) ------------------
+    def set_processes(self, specs: Sequence[ProcessSpec]) -> list[Supervisor]:
+        """The sidecars are now `specs`, in this order: new ids get a supervisor (stopped, not
+        started), ids not in `specs` leave the set (retire them first), the others keep theirs,
+        whose next start follows the new spec (a live run keeps its monitor: a spec whose run
+        differs was halted first). Which processes are jobs follows the new graph. Returns the
+        supervisors added."""
+        kept = {sup.id: sup for sup in self.sidecars}
+        self.specs.clear()
+        self.specs.update((spec.id, spec) for spec in specs)
+        self.graph.clear()  # the very dict StartOrder reads
+        self.graph.update((spec.id, with_pocketbase(spec.depends_on)) for spec in specs)
+        for proc_id in set(kept) - set(self.specs):
+            self.order.forget(proc_id)
+            self.launched.pop(proc_id, None)
+        added = []
+        for spec in specs:
+            sup = kept.get(spec.id)
+            if sup is None:
+                added.append(self._sidecar(spec))
+                self.stream.register(spec.id)  # a re-added id keeps its ring: history goes on
+            else:  # a live run keeps its monitor (its probes did not change, or it restarts)
+                prepare, policy, monitor = self.sidecar_parts(spec)
+                sup.reconfigure(prepare, policy, monitor if sup.child is None else None)
+        fresh = {sup.id: sup for sup in added}
+        self.sidecars = [kept.get(spec.id) or fresh[spec.id] for spec in specs]
+        self._schedule_snapshot()
+        return added
+
+    def add_companion(self, companion: Companion) -> None:
+        """A companion a reload needs (dev mode or memory limits turned on at run time)."""
+        self.companions.append(companion)
+        if self._done is not None:  # run() has told the others already
+            companion.started(self)
+            if self.pocketbase.ready:
+                companion.pb_healthy()
 
     # -- following state changes ----------------------------------------------------------
     def _on_state(self, sup: Supervisor) -> None:
         self._schedule_snapshot()
         self.order.schedule()
         if sup is not self.pocketbase:
-            if sup.child is None and sup.last_exit is not None:
-                # What the run left outside its group is unsupervised now.
+            if sup.child is None and sup.last_exit is not None and not sup.retired:
+                # What the run left outside its group is unsupervised now. (A process a
+                # reload removed: the reload ends that itself, before it answers.)
                 self.sweeper.after_exit(sup.id, sup.policy.stop_timeout)
             return
         if sup.state is ProcessState.STARTING:
@@ -276,6 +346,9 @@ class Host:
 
     def _on_signal(self, sig: int) -> None:
         name = signal.Signals(sig).name
+        if sig == signal.SIGHUP and self.on_hangup is not None:
+            self.on_hangup()  # not on a terminal: the daemon convention, a reload
+            return
         if self._done is not None and not self._done.done():
             log.info("%s received: stopping all processes", name)
             self.request_shutdown(EXIT_OK)

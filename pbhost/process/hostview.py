@@ -54,6 +54,11 @@ class Companion:
     def pb_healthy(self) -> None:
         """PocketBase answered /api/health (after its start and after every restart)."""
 
+    def reloaded(self, host: HostView) -> None:
+        """A reload changed the sidecars: `host.sidecars` and `host.specs` are the new set (the
+        removed ones stopped, the new and the restarted ones about to start). Bring whatever
+        is kept per process in line with them."""
+
     def shutting_down(self) -> None:
         """Shutdown begins: nothing may start a process from here on."""
 

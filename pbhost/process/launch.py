@@ -13,7 +13,7 @@ import shutil
 from collections import ChainMap
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 from pbhost.config import template
 
@@ -62,6 +62,30 @@ def resolve_env(spec: ProcessSpec, environ: Mapping[str, str]) -> OwnEnv:
         env[name], missing = template.expand(text, lookup)
         unset.extend((name, var) for var in missing)
     return OwnEnv(files, env, tuple(unset))
+
+
+def check_env_files(specs: Sequence[ProcessSpec], environ: Mapping[str, str]
+                    ) -> tuple[list[str], list[str]]:
+    """Read every envFile as a start would, for `pbhost check` and a reload: (problems, as
+    `process "x": "envFile" <file>:<line>: <reason>`; warnings for the `${VAR}` they leave
+    unset). Names only, never a value."""
+    from pbhost.config.envfile import EnvFileError  # python-dotenv: only when used
+
+    problems: list[str] = []
+    warnings: list[str] = []
+    for spec in specs:
+        if not spec.env_files:
+            continue  # load_config checked its ${VAR}s already
+        label = f'process "{spec.id}"'
+        try:
+            own = resolve_env(spec, environ)
+        except EnvFileError as exc:
+            problems += [f'{label}: "envFile" {problem}' for problem in exc.problems]
+            continue
+        warnings += [template.unset_warning(label, name, var,
+                                            " in this environment or its envFile")
+                     for name, var in own.unset]
+    return problems, warnings
 
 
 def prepare_launch(spec: ProcessSpec, environ: Mapping[str, str], pb: PocketBaseInfo

@@ -7,7 +7,8 @@ A Companion that serve.py adds only when some process sets maxMemory: without a 
 samples and nothing wakes up. With limits, one /proc scan per tick serves all of them
 (orphans/trees.py), and none at all while no limited process is running. When a process goes
 over its limit, one more sample is taken exactly when its sustain window ends, so the restart
-does not wait for the next tick (up to a second later).
+does not wait for the next tick (up to a second later). A reload that removes the last limit
+stops the sampling (no timer at all); one that sets a limit again starts it.
 """
 
 from __future__ import annotations
@@ -46,16 +47,28 @@ class MemoryWatch(Companion):
     # -- Companion ------------------------------------------------------------------------
     def started(self, host: HostView) -> None:
         self._host = host
-        self._schedule()
+        self.reloaded(host)
+
+    def reloaded(self, host: HostView) -> None:
+        if self._host is None:
+            return  # shutting down
+        if not any(spec.max_memory is not None for spec in host.specs.values()):
+            self._idle()
+        elif self._timer is None:
+            self._schedule()
 
     def shutting_down(self) -> None:
+        self._idle()
+        self._host = None  # the stops under way finish; nothing new is started
+
+    def _idle(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         for _, handle in self._window_ends.values():
             handle.cancel()
         self._window_ends.clear()
-        self._host = None  # the stops under way finish; nothing new is started
+        self._runs.clear()
 
     # -- sampling -------------------------------------------------------------------------
     def _schedule(self) -> None:

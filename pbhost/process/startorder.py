@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Callable, Mapping, Sequence
+from typing import Awaitable, Callable, Mapping, Sequence
 
 from pbhost.process.depends import PB_ID, DepState, dependents, unmet, waiting_text
 from pbhost.process.state import ALIVE, ProcessState
@@ -107,9 +107,11 @@ class StartOrder:
                         sup.waiting_text, stuck[0])
         self._told[sup.id] = stuck
 
-    async def stop(self, sups: Sequence[Supervisor]) -> None:
+    async def stop(self, sups: Sequence[Supervisor],
+                   how: Callable[[Supervisor], Awaitable[None]] | None = None) -> None:
         """Each stops once those that depend on it have stopped; all the others at once, so a
-        shutdown takes as long as its longest chain, not the sum of all stops."""
+        shutdown takes as long as its longest chain, not the sum of all stops. `how`: what
+        stops one (a reload retires or halts instead; default `Supervisor.stop`)."""
         loop = asyncio.get_running_loop()
         done = {sup.id: loop.create_future() for sup in sups}
         after = dependents({sup.id: self.graph.get(sup.id, {}) for sup in sups})
@@ -119,7 +121,7 @@ class StartOrder:
                 first = [done[dep] for dep in after.get(sup.id, ()) if dep in done]
                 if first:
                     await asyncio.wait(first)
-                await sup.stop()
+                await (how(sup) if how is not None else sup.stop())
             finally:
                 done[sup.id].set_result(None)
         await asyncio.gather(*(stop_one(sup) for sup in sups))

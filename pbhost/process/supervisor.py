@@ -108,6 +108,7 @@ class Supervisor:
         self._queued: asyncio.Future[int | None] | None = None
         self._stop_gen = 0                   # bumped by stop(): a restart under way yields to it
         self.held = False                    # stopped on request: reloads leave it alone
+        self.retired = False                 # removed from the config: never started again
         # Health: what `ready`, `health` and the API's fields are made of.
         self._ready = False                  # this run's readiness gate passed
         self.probe_text: str | None = None   # the monitor's word: "not ready: GET / -> 503"
@@ -213,6 +214,8 @@ class Supervisor:
         executable, cwd gone) is `crashed` at once: retrying the same exec cannot succeed. One
         that cannot be started *now* (pbhost out of fds, no memory to fork) is retried."""
         self._cancel_backoff()
+        if self.retired:
+            return None  # removed by a reload: whatever asks for a start comes too late
         self.completed = False
         self.set_waiting((), None)
         self._set_state(S.STARTING)
@@ -408,6 +411,42 @@ class Supervisor:
                 log.info("%s: stopped", self.id)
             else:
                 self._changed()  # held now: what waits for it must hear that it will not come
+
+    # -- a reload of the config: the host's word -------------------------------------------
+    async def halt(self, then: Callable[[], None] | None = None) -> None:
+        """End the current run, if any, and leave the process `stopped`, neither held nor
+        completed, then call `then` (a reload's reconfigure) before anything else may start it:
+        a start or restart waiting for its turn runs after this, with what `then` set. In turn
+        with start(), stop() and restart(), like them. The host starts it again."""
+        self._cancel_backoff()
+        async with self._lock:
+            self._cancel_backoff()
+            await self._terminate()
+            self.completed = False  # a job that reruns has not completed for its dependents
+            self.set_waiting((), None)
+            if then is not None:
+                then()
+            if self.state is not S.STOPPED:
+                self._set_state(S.STOPPED)
+            else:
+                self._changed()
+
+    def reconfigure(self, prepare: Callable[[], Launch], policy: Policy,
+                    hooks: RunHooks | None = None) -> None:
+        """The next runs follow a new spec. New `hooks` only between runs (after halt(), or
+        while stopped): the hooks of a live run must see it end; None keeps the current ones."""
+        if hooks is not None:
+            if self.child is not None:
+                raise RuntimeError(f"{self.id}: new run hooks during a run")
+            self._hooks = hooks
+        self._prepare = prepare
+        self.policy = policy
+
+    async def retire(self) -> None:
+        """Removed from the config: stop it (its whole group) for good; nothing starts it
+        again, not even a request that was waiting for its turn."""
+        self.retired = True
+        await self.stop()
 
     # -- requested operations -------------------------------------------------------------
     async def restart(self, reason: str = "requested") -> int | None:

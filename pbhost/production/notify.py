@@ -8,6 +8,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 from typing import Mapping, Protocol, Sequence
 
 from pbhost.process.state import ProcessState
@@ -25,6 +26,7 @@ class Notifier:
         self._timer: asyncio.TimerHandle | None = None
         self._last_status: str | None = None
         self._failed = False
+        self._ready = False  # READY=1 was sent: a reload may say RELOADING=1, then READY=1
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Notifier:
@@ -57,7 +59,19 @@ class Notifier:
 
     def ready(self, status: str) -> None:
         self._last_status = status
+        self._ready = True
         self.send(f"READY=1\nSTATUS={status}")
+
+    def reloading(self) -> None:
+        """A reload of the config begins (`systemctl status` shows "reloading"); only once
+        ready: before that, systemd is still waiting for the start-up's READY=1."""
+        if self._ready:
+            usec = int(time.clock_gettime(time.CLOCK_MONOTONIC) * 1_000_000)
+            self.send(f"RELOADING=1\nMONOTONIC_USEC={usec}\nSTATUS=reloading the process file")
+
+    def reloaded(self) -> None:
+        if self._ready:
+            self.send(f"READY=1\nSTATUS={self._last_status or 'running'}")
 
     def status(self, status: str) -> None:
         if status != self._last_status:

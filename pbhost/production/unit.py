@@ -74,6 +74,9 @@ def unit_text(command: Sequence[str], workdir: Path, *, stop_timeout: int,
         "NotifyAccess=main",
         f"WorkingDirectory={str(workdir).replace('%', '%%')}",
         f"ExecStart={exec_start}",
+        # `systemctl reload`: SIGHUP makes pbhost re-read pb_processes.json and apply the
+        # difference (PocketBase is never restarted); a broken file changes nothing.
+        "ExecReload=/bin/kill -HUP $MAINPID",
         # SIGTERM to pbhost alone: it stops the sidecars, then PocketBase, in order. Whatever is
         # left in the cgroup after TimeoutStopSec gets SIGKILL from systemd.
         "KillMode=mixed",

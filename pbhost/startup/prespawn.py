@@ -68,6 +68,8 @@ _pending: PbStart | None = None  # spawned by fast_start, not yet taken by run_s
 _early_groups: list[int] = []  # PocketBase groups spawned before the loop's signal handlers
 _interrupted = False  # a shutdown signal arrived before the loop's handlers: start-up unwinds
 _forced = False  # then a second Ctrl-C killed PocketBase's group at once
+_on_terminal: bool | None = None  # stdin was a terminal when pbhost started (asked once)
+_hangup_due = False  # a SIGHUP off a terminal before the loop's handlers: a reload is due
 
 
 def parse_early(argv: Sequence[str],
@@ -168,8 +170,31 @@ def _strict_config(opts: Options, cwd: Path,
     return load_config(path, environ) if path is not None else None
 
 
+def hangup_reloads() -> bool:
+    """Whether SIGHUP means "reload pb_processes.json" (the daemon convention: systemd's
+    ExecReload, supervisord, nohup, Docker) rather than "the terminal is gone, shut down".
+
+    pbhost runs on a terminal when its stdin was a terminal at start-up. Asked once and kept:
+    after a real hang-up the terminal's fds no longer answer as a terminal. nohup, systemd,
+    Docker without -t and supervisord all give pbhost a stdin that is not one."""
+    global _on_terminal
+    if _on_terminal is None:
+        _on_terminal = os.isatty(0)
+    return not _on_terminal
+
+
+def take_hangup() -> bool:
+    """True once if a SIGHUP asked for a reload before the loop's handlers existed."""
+    global _hangup_due
+    due, _hangup_due = _hangup_due, False
+    return due
+
+
 def _on_early_signal(sig: int, frame: object) -> None:
-    global _interrupted, _forced
+    global _interrupted, _forced, _hangup_due
+    if sig == signal.SIGHUP and hangup_reloads():
+        _hangup_due = True  # the config is read after this, or reloaded once the loop runs
+        return
     if not _interrupted:
         _interrupted = True
         raise StartupInterrupted(sig)
@@ -189,6 +214,7 @@ def forced() -> bool:
 def _install_early_signals() -> None:
     """Until the loop installs its handlers, a shutdown signal must not leave PocketBase behind
     (it runs in a session of its own: the terminal's Ctrl-C does not reach it)."""
+    hangup_reloads()  # now, while a terminal still answers as one
     for sig in EARLY_SIGNALS:
         signal.signal(sig, _on_early_signal)
 
