@@ -92,6 +92,11 @@ def fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def lowest_free_fd(pid: int) -> int:
+    used = {int(fd) for fd in os.listdir(f"/proc/{pid}/fd")}
+    return next(n for n in range(len(used) + 1) if n not in used)
+
+
 def api_port(api: Api) -> int:
     return int(api.url.rsplit(":", 1)[1])
 
@@ -380,6 +385,9 @@ def test_a_spawn_without_fds_is_retried_and_recovers_once_the_limit_is_lifted(
     try:
         os.kill(old, signal.SIGKILL)
         run.wait_line("agent: cannot start now: pbhost has too many open files (EMFILE")
+        # The limit bounds fd *numbers*: the dead agent's closed fds left holes below it, which
+        # an accept could still take. Down to the lowest free number: no new fd at all.
+        prlimit_pid(pid, lowest_free_fd(pid))
         run.wait_line("agent: still cannot start (attempt 2)")
         # A request arriving now waits in the kernel's queue (pbhost cannot accept it) and
         # pbhost does not spin meanwhile.
