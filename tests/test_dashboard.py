@@ -570,6 +570,11 @@ def test_phone_width_and_the_keyboard(browser: Browser, stack: Stack) -> None:
         assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 390
         old = stack.proc("worker")["pid"]
         restart.focus()
+        # The table is drawn anew every second: the focus must stay on this button across it.
+        updated = page.locator("#updated").inner_text()
+        expect(page.locator("#updated")).not_to_have_text(updated)
+        assert page.evaluate("""() => [document.activeElement.dataset.action,
+            document.activeElement.closest('tr').dataset.id]""") == ["restart", "worker"]
         page.keyboard.press("Enter")
         expect(page.locator("#toasts")).to_contain_text("worker restarted")
         assert stack.proc("worker")["pid"] != old

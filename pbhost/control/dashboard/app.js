@@ -27,6 +27,33 @@
 
   const $ = (id) => document.getElementById(id);
 
+  // The table, the list and the actions are drawn anew every second: a keyboard user's focus
+  // (a button tabbed to, a link) moves to the same control in the new rows, instead of being
+  // lost to <body> between Tab and Enter.
+  function replaceKeepingFocus(box, nodes) {
+    const key = focusKey(box);
+    box.replaceChildren(...nodes);
+    if (key) {
+      const again = box.querySelector(key);
+      if (again) again.focus({ preventScroll: true });
+    }
+  }
+
+  function focusKey(box) {
+    const node = document.activeElement;
+    if (!node || node === box || !box.contains(node)) return null;
+    const action = node.getAttribute("data-action");
+    const row = node.closest("[data-id]");
+    const id = node.getAttribute("data-id") || (row && row.getAttribute("data-id"));
+    if (action) return (row ? '[data-id="' + CSS.escape(row.getAttribute("data-id")) + '"] ' : "") +
+      '[data-action="' + CSS.escape(action) + '"]';
+    if (id && node.tagName === "A") {
+      return node.hasAttribute("data-id") ? 'a[data-id="' + CSS.escape(id) + '"]'
+        : '[data-id="' + CSS.escape(id) + '"] a';
+    }
+    return null;
+  }
+
   function el(tag, attrs, ...children) {
     const node = document.createElement(tag);
     for (const [key, value] of Object.entries(attrs || {})) {
@@ -342,7 +369,7 @@
       el("span", { class: "dot " + (STATUS_TONE[p.status] || "off"), title: p.status,
         "aria-hidden": "true" }), el("span", { class: "nav-name", text: p.id }),
       el("span", { class: "sr-only", text: " (" + p.status + ")" }))));
-    $("proc-nav").replaceChildren(...items);
+    replaceKeepingFocus($("proc-nav"), items);
   }
 
   function actionButtons(p, small) {
@@ -390,7 +417,7 @@
       rows.push(el("tr", null, el("td", { colspan: 10, class: "empty",
         text: procs.length ? "No process matches the search." : "Loading..." })));
     }
-    $("procs-body").replaceChildren(...rows);
+    replaceKeepingFocus($("procs-body"), rows);
   }
 
   function renderDetail() {
@@ -420,7 +447,7 @@
       ...(p.lastError ? fact("Last error", el("span", { class: "error-text wrap",
         text: p.lastError })) : []));
     facts.hidden = false;
-    $("detail-actions").replaceChildren(...actionButtons(p, false));
+    replaceKeepingFocus($("detail-actions"), actionButtons(p, false));
   }
 
   // -- actions ---------------------------------------------------------------------------------
