@@ -114,7 +114,7 @@ class _OnDemand:
             out.append(DevReload(self._cwd, lambda: self._reloads.path,
                                  self._reloads.file_changed))
         if not self._memory and any(spec.max_memory is not None for spec in specs):
-            from pbhost.process.memory import MemoryWatch  # no sampling without a limit
+            from pbhost.limits.memory import MemoryWatch  # no sampling without a limit
             self._memory = True
             out.append(MemoryWatch())
         return out

@@ -11,9 +11,9 @@ import signal
 
 import pytest
 
-from pbhost.process import depends
-from pbhost.process.depends import DepState
-from pbhost.process.health import Result, Threshold, next_wait, probe_loop, ran_healthy
+from pbhost.health.thresholds import Result, Threshold, next_wait, probe_loop, ran_healthy
+from pbhost.order import depends
+from pbhost.order.depends import DepState
 from pbhost.process.state import ProcessState
 from pbhost.process.supervisor import Launch, Policy, Supervisor
 from vclock import FakeRuntime, run_virtual, spawn_times

@@ -1,4 +1,4 @@
-"""maxMemory's policy (process/memlimit.py) with a fake clock, and the key's parser.
+"""maxMemory's policy (limits/memlimit.py) with a fake clock, and the key's parser.
 
 The same rules on real processes, real workers and real memory: test_memory_e2e.py.
 """
@@ -15,7 +15,7 @@ import pytest
 from pbhost.config.keys import parse_size
 from pbhost.config.loader import load_config
 from pbhost.errors import ConfigError
-from pbhost.process.memlimit import Breach, RunWatch, size
+from pbhost.limits.memlimit import Breach, RunWatch, size
 
 MIB = 1 << 20
 LIMIT = 512 * MIB

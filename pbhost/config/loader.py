@@ -20,7 +20,7 @@ from pbhost.config.keys import FIELDS as VALUE_FIELDS
 from pbhost.config.keys import Context, FieldContext, Invalid, describe, suggest
 from pbhost.config.probekeys import ProbeSpec
 from pbhost.errors import ConfigError
-from pbhost.process.depends import graph_problems
+from pbhost.order.depends import graph_problems
 from pbhost.process.ending import STOP_TIMEOUT
 
 __all__ = ["CONFIG_NAMES", "LoadedConfig", "ProcessSpec", "find_config", "load_config"]

@@ -22,7 +22,7 @@ from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
 from pbhost.config.keys import FieldContext, Invalid, describe, expand, parse_duration, suggest
-from pbhost.process.depends import CONDITIONS, PB_CONDITIONS, PB_ID
+from pbhost.order.depends import CONDITIONS, PB_CONDITIONS, PB_ID
 
 POLLED = ("http", "tcp", "exec")         # run every `period`
 WAITED = ("logLine", "notify")           # readiness only: a line, or READY=1, ends the wait

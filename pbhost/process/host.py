@@ -3,7 +3,7 @@
 independent ones in parallel, PocketBase last); the exit code.
 
 Which sidecars wait, and for what, is re-evaluated after every change of any process (state or
-readiness), once per loop turn: startorder.py, with the rules in depends.py.
+readiness), once per loop turn: order/startorder.py, with the rules in order/depends.py.
 
 What else must happen at those moments (dev-mode watchers, the PocketBase hook's log bridge)
 plugs in as a `Companion` (hostview.py), given to the Host when it is made (or added once a
@@ -26,18 +26,18 @@ from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 from pbhost.config.envfile import EnvFileError
 from pbhost.config.template import unset_warning
 from pbhost.errors import UnknownProcess
+from pbhost.health.monitor import RunMonitor
+from pbhost.order.depends import jobs, with_pocketbase
+from pbhost.order.startorder import StartOrder
 from pbhost.orphans.sweep import Sweeper
 from pbhost.pocketbase.binary import PB_ID, PocketBaseInfo, pocketbase_env
 from pbhost.pocketbase.localhttp import request_status
-from pbhost.process.depends import jobs, with_pocketbase
 from pbhost.process.ending import STOP_TIMEOUT
 from pbhost.process.hostview import Companion
 from pbhost.process.launch import prepare_launch
-from pbhost.process.monitor import RunMonitor
 from pbhost.process.reaper import Reaper
 from pbhost.process.runtime import SystemRuntime
 from pbhost.process.spawn import Child
-from pbhost.process.startorder import StartOrder
 from pbhost.process.state import COMING_UP, HEALTHY_RUN, ProcessState
 from pbhost.process.supervisor import Launch, LaunchError, Policy, Supervisor
 from pbhost.production.notify import Notifier, status_line

@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 from pbhost.config.envfile import EnvFileError
 from pbhost.config.loader import CONFIG_NAMES, find_config, load_config
 from pbhost.errors import ConfigError
+from pbhost.order.depends import with_pocketbase
 from pbhost.orphans import proctable
-from pbhost.process.depends import with_pocketbase
 from pbhost.process.ending import alive, end, ending
 from pbhost.process.hostview import Companion, HostView
 from pbhost.process.launch import check_env_files

@@ -6,7 +6,7 @@ a child. Everything the supervisor does to the system goes through its `Runtime`
 policy tests can drive it with scripted children and a virtual clock.
 
 Readiness is the supervisor's too: a run is `ready` once its readiness gate passed (at once
-without one). What watches a run (probes, the notify socket: monitor.py) plugs in as
+without one). What watches a run (probes, the notify socket: health/monitor.py) plugs in as
 `RunHooks` and reports back through `mark_ready`, `fail_run` and the health texts.
 """
 
@@ -68,7 +68,7 @@ class Policy:
 
 
 class RunHooks:
-    """What watches each run (monitor.py); every hook does nothing unless overridden."""
+    """What watches each run (health/monitor.py); every hook does nothing unless overridden."""
 
     def env(self) -> Mapping[str, str]:
         """Extra environment for the next run (its NOTIFY_SOCKET), made just before the spawn;

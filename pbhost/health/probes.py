@@ -5,7 +5,7 @@ only the status line is read, no client library, no thread (hosts are IP literal
 is resolved). An exec probe is a child like any other: spawned in a session of its own through
 the Runtime, its exit from the one reaper, its process group SIGKILLed by the stop routine if
 it is cancelled at its timeout, and whatever it left in its group ended after it exits.
-The timeout itself is the probe loop's (health.py): these only need to be cancellation-safe.
+The timeout itself is the probe loop's (thresholds.py): these only need to be cancellation-safe.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import os
 import socket
 from typing import TYPE_CHECKING, Mapping
 
+from pbhost.health.thresholds import Check, Result
 from pbhost.process.ending import Group, alive, ending, start_ending
-from pbhost.process.health import Check, Result
 from pbhost.process.reaper import describe_status
 from pbhost.process.runenv import OWN_VARIABLES
 from pbhost.process.spawn import SpawnError

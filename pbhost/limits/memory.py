@@ -18,10 +18,10 @@ import logging
 import time
 from typing import TYPE_CHECKING, Callable
 
+from pbhost.limits.memlimit import Breach, RunWatch
 from pbhost.orphans.proctable import PAGE
 from pbhost.orphans.trees import TreeScanner
 from pbhost.process.hostview import Companion
-from pbhost.process.memlimit import Breach, RunWatch
 from pbhost.process.state import ALIVE
 
 if TYPE_CHECKING:

@@ -12,7 +12,7 @@ import asyncio
 import logging
 from typing import Awaitable, Callable, Mapping, Sequence
 
-from pbhost.process.depends import PB_ID, DepState, dependents, unmet, waiting_text
+from pbhost.order.depends import PB_ID, DepState, dependents, unmet, waiting_text
 from pbhost.process.state import ALIVE, ProcessState
 from pbhost.process.supervisor import Supervisor
 

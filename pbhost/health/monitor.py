@@ -15,8 +15,8 @@ import logging
 import re
 from typing import TYPE_CHECKING, Callable, Mapping
 
-from pbhost.process.health import Result, Threshold, probe_loop, ran_healthy
-from pbhost.process.notifysock import Message, NotifySocket, clean_status
+from pbhost.health.notifysock import Message, NotifySocket, clean_status
+from pbhost.health.thresholds import Result, Threshold, probe_loop, ran_healthy
 from pbhost.process.spawn import RESOURCE_ERRNOS, SpawnError, describe_oserror
 from pbhost.process.supervisor import RunHooks
 
@@ -112,7 +112,7 @@ class _Run:
     # -- setting up -------------------------------------------------------------------------
     def _poll(self, probe: ProbeSpec, on_result: Callable[[Result], bool],
               env: Mapping[str, str], cwd: str) -> asyncio.Task[None]:
-        from pbhost.process.probes import make_check  # only processes with probes load it
+        from pbhost.health.probes import make_check  # only processes with probes load it
 
         check = make_check(probe, self.runtime, env, cwd)
         task = self.loop.create_task(probe_loop(

@@ -3,7 +3,7 @@ the next probe may start, whether a failed run had been healthy, and the loop th
 probe kind on that schedule.
 
 The loop is written against asyncio's clock only (`asyncio.sleep`, `loop.time()`), so the
-policy tests run it on a loop with virtual time and a scripted check (tests/test_health.py).
+policy tests run it on a loop with virtual time and a scripted check (tests/test_health_policy.py).
 """
 
 from __future__ import annotations
