@@ -8,6 +8,7 @@ these with `from support import ...`; conftest.py only holds the fixtures.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -91,6 +92,18 @@ def proc_stat(pid: int | str) -> list[str]:
     """The fields of /proc/`pid`/stat after the command name: [state, ppid, pgrp, ...]."""
     with open(f"/proc/{pid}/stat") as f:
         return f.read().rsplit(")", 1)[1].split()
+
+
+async def until(pred: Callable[[], Any], timeout: float = 20.0, desc: str = "condition") -> Any:
+    """`wait_for` on a running event loop: poll `pred` until truthy, fail with `desc` at the
+    deadline, letting the loop run in between."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not (value := pred()):
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {desc}")
+        await asyncio.sleep(0.005)
+    return value
 
 
 def pid_alive(pid: int) -> bool:

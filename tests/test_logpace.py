@@ -11,21 +11,13 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from pbhost.logs.stream import LogStream
+from support import until
 
 PY = sys.executable
 
-
-async def until(pred: Callable[[], Any], timeout: float = 20.0, desc: str = "condition") -> Any:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not (value := pred()):
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {desc}")
-        await asyncio.sleep(0.005)
-    return value
 
 
 def spawn(stream: LogStream, proc_id: str, code: str,

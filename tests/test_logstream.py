@@ -25,19 +25,10 @@ from pbhost.errors import UnknownProcess
 from pbhost.logs.lines import MARKER, MAX_LINE, LineSplitter
 from pbhost.logs.render import id_color, want_color
 from pbhost.logs.stream import LogRecord, LogStream, LogStreamHandler
+from support import until
 
 PY = sys.executable
 
-
-async def until(pred: Callable[[], Any], timeout: float = 20.0, desc: str = "condition") -> Any:
-    """Poll `pred` on the loop until truthy; fail with `desc` at the deadline."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not (value := pred()):
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {desc}")
-        await asyncio.sleep(0.01)
-    return value
 
 
 def spawn(stream: LogStream, proc_id: str, code: str, *, stderr: bool = True,

@@ -30,25 +30,25 @@ HELPER = textwrap.dedent("""
 
     # agent: a leader with a member, and a member that escapes with setsid() and forks.
     AGENT = '''
-    import os, subprocess, sys, time
-    member = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    import os, signal, subprocess, sys
+    member = subprocess.Popen([sys.executable, "-c", "import signal; signal.pause()"])
     r, w = os.pipe()
     if os.fork() == 0:
         os.setsid()
-        kid = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        kid = subprocess.Popen([sys.executable, "-c", "import signal; signal.pause()"])
         os.write(w, f"{os.getpid()} {kid.pid}\\\\n".encode())
-        time.sleep(60)
+        signal.pause()
     print(member.pid, os.read(r, 100).decode().strip(), flush=True)
-    time.sleep(60)
+    signal.pause()
     '''
     # daemon: double-forks and exits, so its grandchild is re-parented to this helper.
     DAEMON = '''
-    import os, sys, time
+    import os, signal, sys
     if os.fork() == 0:
         os.setsid()
         if os.fork() == 0:
             print(os.getpid(), flush=True)
-            time.sleep(60)
+            signal.pause()
         os._exit(0)
     os.wait()
     '''
@@ -57,7 +57,7 @@ HELPER = textwrap.dedent("""
     daemon_parent = spawn(DAEMON, "daemon")
     daemon = int(daemon_parent.stdout.readline())
     daemon_parent.wait()
-    other = spawn("import time; time.sleep(60)", "unrelated")
+    other = spawn("import signal; signal.pause()", "unrelated")
     time.sleep(0.2)
     scanner = TreeScanner()
     result = {}
