@@ -17,7 +17,7 @@ from typing import Any
 from support import ROOT, pbhost_env
 
 HELPER = textwrap.dedent("""
-    import json, os, signal, subprocess, sys, time
+    import json, os, signal, subprocess, sys
     from pbhost.orphans import trees
     from pbhost.orphans.trees import TreeScanner
     from pbhost.process.procctl import set_child_subreaper
@@ -57,8 +57,8 @@ HELPER = textwrap.dedent("""
     daemon_parent = spawn(DAEMON, "daemon")
     daemon = int(daemon_parent.stdout.readline())
     daemon_parent.wait()
-    other = spawn("import signal; signal.pause()", "unrelated")
-    time.sleep(0.2)
+    other = spawn("import signal; print('up', flush=True); signal.pause()", "unrelated")
+    other.stdout.readline()  # it runs: its /proc entry is there for the scans
     scanner = TreeScanner()
     result = {}
 
