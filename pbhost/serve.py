@@ -20,6 +20,7 @@ from pbhost.logs.render import want_color
 from pbhost.logs.stream import LogStream, LogStreamHandler
 from pbhost.options import Options, by_name
 from pbhost.orphans.leftovers import Ledger
+from pbhost.pocketbase.banner import FirstRunHint, superuser_command
 from pbhost.pocketbase.bridge import HookLink
 from pbhost.process.host import HEALTH_TIMEOUT, Host, HostSettings
 from pbhost.process.hostview import Companion
@@ -58,6 +59,8 @@ def run_serve(opts: Options, serve_args: list[str]) -> int:
 async def _serve(opts: Options, serve_args: list[str], cwd: Path, stream: LogStream,
                  start: prespawn.PbStart, notifier: Notifier) -> int:
     stream.start(asyncio.get_running_loop())
+    hint = FirstRunHint(stream, asyncio.get_running_loop(),
+                        superuser_command(start.pb, cwd, opts.pocketbase))
     log.log(*start.hook.log_line())
     _warn_misplaced_options(serve_args)
     path, processes = _load_processes(opts, cwd, start.loaded)
@@ -69,7 +72,9 @@ async def _serve(opts: Options, serve_args: list[str], cwd: Path, stream: LogStr
         # Hidden knobs for tests: shorter healthy threshold, shorter health wait.
         healthy_run=_env_float("PBHOST_HEALTHY_SECONDS", HEALTHY_RUN),
         health_timeout=_env_float("PBHOST_HEALTH_TIMEOUT", HEALTH_TIMEOUT))
-    link = HookLink(start.pb, processes, stream, start.token) if start.hook.wanted else None
+    link = HookLink(start.pb, processes, stream, start.token,
+                    dashboard=start.api is not None and not start.api.path
+                    ) if start.hook.wanted else None
     if any(spec.env_files for spec in processes):
         # python-dotenv (the envFile parser) loads now, while PocketBase starts, rather than
         # in front of the first sidecar's spawn.
@@ -90,6 +95,7 @@ async def _serve(opts: Options, serve_args: list[str], cwd: Path, stream: LogStr
     try:
         return await host.run(pb_child=start.child)
     finally:
+        hint.close()
         if link is not None:
             link.close()
         if api_task is not None:

@@ -69,9 +69,10 @@ def free_port() -> int:
 
 
 def wait_for(pred: Callable[[], T | None | Literal[False]], timeout: float = 10.0,
-             desc: str = "condition", interval: float = 0.02) -> T:
+             desc: str | Callable[[], str] = "condition", interval: float = 0.02) -> T:
     """Poll `pred` until it returns something truthy and return that (so a `None` or `False`
-    meaning "not yet" is not part of the result's type); fail with `desc` at the deadline."""
+    meaning "not yet" is not part of the result's type); fail with `desc` at the deadline (a
+    callable `desc` is asked then, so it can show the output as it is at the deadline)."""
     deadline = time.monotonic() + timeout
     last: object = None
     while True:
@@ -84,7 +85,8 @@ def wait_for(pred: Callable[[], T | None | Literal[False]], timeout: float = 10.
                 return value
             last = value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {desc}; last: {last!r}")
+            what = desc() if callable(desc) else desc
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
         time.sleep(interval)
 
 
@@ -261,7 +263,7 @@ class PbhostRun:
             hits = [ln for ln in self.lines() if needle in ln]
             return hits[count - 1] if len(hits) >= count else None
         return wait_for(found, timeout,
-                        f"{needle!r} x{count} in pbhost output:\n{self.output()[-3000:]}")
+                        lambda: f"{needle!r} x{count} in pbhost output:\n{self.output()[-3000:]}")
 
     def healthy(self) -> bool:
         try:
@@ -271,7 +273,8 @@ class PbhostRun:
             return False
 
     def wait_healthy(self, timeout: float = 20.0) -> None:
-        wait_for(self.healthy, timeout, f"PocketBase health 200; output:\n{self.output()[-3000:]}")
+        wait_for(self.healthy, timeout,
+                 lambda: f"PocketBase health 200; output:\n{self.output()[-3000:]}")
 
     def signal(self, sig: int) -> None:
         self.proc.send_signal(sig)

@@ -3,12 +3,16 @@ dir unless ARGS name one, PocketBase's exit code."""
 
 from __future__ import annotations
 
+import re
+import shlex
 import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
-from support import pbhost_env
+from pbhost.pocketbase.banner import superuser_command
+from pbhost.pocketbase.binary import describe
+from support import Project, login, pbhost_env
 
 PY = sys.executable
 FAKE = "#!/bin/sh\necho \"$0 $*\"\nexit 7\n"  # says how it was called, exits 7
@@ -60,3 +64,47 @@ def test_the_binary_is_found_as_serve_finds_it(tmp_path: Path) -> None:
     done = pbhost(tmp_path, "--pocketbase", "./missing", "pocketbase", "serve")
     assert done.returncode == 127
     assert "--pocketbase names './missing', which is not an executable file" in done.stderr
+
+
+def test_serve_answers_pocketbase_s_first_run_banner_with_the_command_that_works(
+        project: Project) -> None:
+    project.config([])
+    # BROWSER: PocketBase hands its installer URL to xdg-open; nothing is to be opened here.
+    run = project.serve("--dir", "data", env={"BROWSER": "true"})
+    hint = run.wait_line("PocketBase has no superuser yet", timeout=20)
+    lines = run.lines()
+    banner = max(i for i, ln in enumerate(lines) if "create your first superuser" in ln
+                 and ln.startswith("[pocketbase]"))
+    assert lines.index(hint) > banner  # after PocketBase's own words, not in the middle
+    match = re.search(r"`([^`]+)`", hint)
+    assert match is not None, hint
+    assert match.group(1) == "pbhost pocketbase superuser upsert EMAIL PASS --dir=data", hint
+    # Follow it as a user would, from the same folder: the superuser can sign in to the
+    # PocketBase that is running (same binary, same data dir).
+    words = shlex.split(match.group(1))
+    words[words.index("EMAIL")] = "first@example.com"
+    words[words.index("PASS")] = "a-long-password"
+    done = pbhost(project.root, *words[1:])
+    assert done.returncode == 0, done.stderr
+    assert login(run, identity="first@example.com", password="a-long-password")
+    assert hint.count("no superuser yet") == 1 and run.output().count("no superuser yet") == 1
+
+    run.stop()
+    again = project.serve("--dir", "data", env={"BROWSER": "true"})
+    again.wait_line("PocketBase hook answers", timeout=20)
+    assert "create your first superuser" not in again.output()
+    assert "no superuser yet" not in again.output()
+
+
+def test_the_command_names_serve_s_binary_and_data_dir(tmp_path: Path) -> None:
+    def command(*serve_args: str, binary: str | None = None) -> str:
+        return superuser_command(describe(serve_args, tmp_path), tmp_path, binary)
+
+    assert command() == "pbhost pocketbase superuser upsert EMAIL PASS"
+    assert command("--dir", "./pb_data") == command()  # the default, spelled out
+    assert command("--dir=my data/pb") == \
+        "pbhost pocketbase superuser upsert EMAIL PASS '--dir=my data/pb'"
+    assert command("--dir", "/srv/pb") == "pbhost pocketbase superuser upsert EMAIL PASS " \
+        "--dir=/srv/pb"
+    assert command(binary="./bin/pocketbase") == \
+        "pbhost --pocketbase ./bin/pocketbase pocketbase superuser upsert EMAIL PASS"

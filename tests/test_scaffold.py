@@ -125,7 +125,8 @@ class Agent:
 
     def wait_line(self, needle: str) -> str:
         return wait_for(lambda: next((ln for ln in self.lines() if needle in ln), None), 15,
-                        f"{needle!r} in agent output {self.lines()} / {self.err.read_text()}")
+                        lambda: f"{needle!r} in agent output {self.lines()} / "
+                                f"{self.err.read_text()}")
 
     def stop(self) -> int:
         if self.proc.poll() is None:

@@ -399,5 +399,8 @@ async def start_api(host: HostView, addr: ApiAddress, token: str,
     control = KeptFile(control_path(pb.data_dir), "`pbhost ls` and friends cannot find this "
                        "pbhost; PBHOST_API_URL and PBHOST_API_TOKEN still work")
     control.put(encode_control(ControlInfo(addr.url, token, os.getpid())))
-    log.info("control API at %s", addr.url)
+    if addr.path:
+        log.info("control API at %s", addr.url)
+    else:  # the page signs in with a superuser or the token (README, "The dashboard")
+        log.info("control API at %s, its dashboard at %s/", addr.url, addr.url)
     return ApiHandle(server, addr, control)

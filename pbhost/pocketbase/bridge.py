@@ -224,8 +224,9 @@ class HookLink(Companion):
     """
 
     def __init__(self, pb: PocketBaseInfo, specs: Iterable[ProcessSpec], stream: LogStream,
-                 token: str) -> None:
+                 token: str, dashboard: bool = True) -> None:
         self.pb = pb
+        self._dashboard = dashboard  # /_pm/ needs a control API on TCP to fetch the page from
         self.bridge = LogBridge(pb, token, {spec.id: spec.pb_logs for spec in specs})
         self.bridge.attach(stream)
         self._stream = stream
@@ -259,7 +260,8 @@ class HookLink(Companion):
         problem = await probe_hook(self.pb)
         bridge = self.bridge
         if problem is None:
-            log.info("PocketBase hook answers: /api/pm/* on %s for superusers; %s", self.pb.url,
+            log.info("PocketBase hook answers: /api/pm/*%s on %s for superusers; %s",
+                     " and the dashboard at /_pm/" if self._dashboard else "", self.pb.url,
                      "logs of " + ", ".join(bridge.modes) + " go to its Logs page"
                      if bridge.active else "no sidecar logs to bridge")
             bridge.start()
