@@ -410,6 +410,26 @@ def test_sd_notify_ready_after_health_then_stopping(project: Project, abstract: 
         listener.sock.close()
 
 
+def test_sd_notify_status_names_a_sidecar_that_runs_but_is_not_ready(project: Project) -> None:
+    project.write("s.py", IDLE)
+    marker = project.root / "warm"
+    project.config([
+        {"id": "s", "script": "s.py", "interpreter": PY},
+        {"id": "warming", "script": "s.py", "interpreter": PY,
+         "readinessProbe": {"exec": [PY, "-c", f"import os; os.stat({str(marker)!r})"],
+                            "period": "200ms"}}])
+    listener = NotifyListener(project.root, abstract=True)
+    try:
+        project.serve(env={"NOTIFY_SOCKET": listener.env})
+        listener.wait("STATUS=pocketbase running; 2/2 sidecars running (warming not ready)")
+        marker.touch()
+        wait_for(lambda: any(m.endswith("STATUS=pocketbase running; 2/2 sidecars running")
+                             for m in listener.poll()), 15,
+                 lambda: f"a STATUS with everything ready among {listener.messages}")
+    finally:
+        listener.sock.close()
+
+
 def test_systemctl_reload_is_a_sighup_that_reloads(project: Project) -> None:
     """What `ExecReload=/bin/kill -HUP $MAINPID` does: under systemd stdin is not a terminal,
     so pbhost reloads the process file (RELOADING=1, then READY=1), PocketBase untouched."""

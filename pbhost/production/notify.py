@@ -106,15 +106,21 @@ class Described(Protocol):
     id: str
     state: ProcessState
 
+    @property
+    def ready(self) -> bool: ...
+
 
 def status_line(supervisors: Sequence[Described]) -> str:
-    """One line for `systemctl status`: PocketBase's state, then the sidecars'."""
+    """One line for `systemctl status`: PocketBase's state, then the sidecars', naming those
+    not running and those running but not ready yet (a readiness probe, a dependency)."""
     pb, sidecars = supervisors[0], supervisors[1:]
-    text = f"{pb.id} {pb.state}"
+    text = f"{pb.id} {pb.state}"  # PocketBase is `starting` until /api/health answers
     if sidecars:
         up = sum(s.state is ProcessState.RUNNING for s in sidecars)
         text += f"; {up}/{len(sidecars)} sidecars running"
-        others = [f"{s.id} {s.state}" for s in sidecars if s.state is not ProcessState.RUNNING]
+        others = [f"{s.id} {s.state}" if s.state is not ProcessState.RUNNING
+                  else f"{s.id} not ready" for s in sidecars
+                  if s.state is not ProcessState.RUNNING or not s.ready]
         if others:
             text += " (" + ", ".join(others) + ")"
     return text
