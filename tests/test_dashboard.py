@@ -187,22 +187,17 @@ def pbhost_cli(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=60)
 
 
-@pytest.fixture
-def stack(project: Project) -> Stack:
+def talker(project: Project, proc_id: str, **extra: Any) -> dict[str, Any]:
+    return {"id": proc_id, "script": "talker.py", "interpreter": PY,
+            "env": {"MSG_FILE": str(project.root / f"{proc_id}.msg")}, **extra}
+
+
+def start_stack(project: Project, processes: list[dict[str, Any]]) -> Stack:
     # The superuser comes first, as a user would do it: `pbhost pocketbase superuser upsert`.
     made = pbhost_cli(project.root, "pocketbase", "superuser", "upsert", EMAIL, PASSWORD)
     assert made.returncode == 0, made.stderr
     project.write("talker.py", TALKER)
-    project.config([
-        {"id": "ai-agent", "script": "talker.py", "interpreter": PY, "devMode": True,
-         "watchPaths": ["talker.py"],
-         "env": {"MSG_FILE": str(project.root / "ai-agent.msg")}},
-        {"id": "worker", "script": "talker.py", "interpreter": PY,
-         "env": {"MSG_FILE": str(project.root / "worker.msg")}},
-        {"id": "mailer", "command": "sh", "args": ["-c", "echo 'smtp: connection refused' >&2; "
-                                                         "exit 3"], "maxRetries": 1},
-        {"id": "reports", "command": "sh", "args": ["-c", "sleep 600"], "autostart": False},
-    ])
+    project.config(processes)
     run = project.serve()
     run.wait_line("PocketBase hook answers", timeout=20)
     info = wait_for(lambda: json.loads((run.data_dir / ".pbhost/control.json").read_text()),
@@ -210,7 +205,18 @@ def stack(project: Project) -> Stack:
     status, body = http_json(run.url + "/api/collections/_superusers/auth-with-password", "POST",
                              body={"identity": EMAIL, "password": PASSWORD})
     assert status == 200, body
-    stack = Stack(run, info["url"], info["token"], body["token"])
+    return Stack(run, info["url"], info["token"], body["token"])
+
+
+@pytest.fixture
+def stack(project: Project) -> Stack:
+    stack = start_stack(project, [
+        talker(project, "ai-agent", devMode=True, watchPaths=["talker.py"]),
+        talker(project, "worker"),
+        {"id": "mailer", "command": "sh", "args": ["-c", "echo 'smtp: connection refused' >&2; "
+                                                         "exit 3"], "maxRetries": 1},
+        {"id": "reports", "command": "sh", "args": ["-c", "sleep 600"], "autostart": False},
+    ])
     wait_for(lambda: stack.proc("mailer")["status"] == "crashed", 20, "mailer crashed")
     wait_for(lambda: stack.proc("worker")["status"] == "running", 20, "worker running")
     return stack
@@ -467,6 +473,50 @@ def test_a_superuser_stops_pocketbase_on_the_control_api_and_starts_it_again(
     button(page, "pocketbase", "start").click()
     expect(cell(page, "pocketbase", "status")).to_have_text("running", timeout=20_000)
     stack.run.wait_healthy()
+
+
+@pytest.mark.parametrize("port", ["pb", "api"])
+def test_reload_config_applies_an_edit_and_a_broken_file_changes_nothing(
+        session: Session, project: Project, port: str) -> None:
+    # No devMode here: a save would reload by itself, before the button is pressed.
+    stack = start_stack(project, [talker(project, "worker"), talker(project, "other")])
+    page = session.page
+    sign_in(page, stack.base(port))
+    expect(page.locator("#procs-body tr[data-id]")).to_have_count(3)
+    worker, other = stack.proc("worker")["pid"], stack.proc("other")["pid"]
+    changed = talker(project, "worker")
+    changed["env"]["MODE"] = "fast"
+    project.config([changed, talker(project, "other"), talker(project, "extra")])
+
+    page.get_by_role("button", name="Reload config").click()
+    dialog = page.locator("#confirm")
+    expect(dialog).to_contain_text("Reload the process file?")
+    page.keyboard.press("Escape")  # cancel: nothing is reloaded
+    expect(dialog).to_be_hidden()
+    assert "extra" not in stack.procs()
+    page.get_by_role("button", name="Reload config").click()
+    page.locator("#confirm-ok").click()
+    expect(page.locator("#toasts")).to_contain_text(
+        "Reloaded: added extra; restarted worker; 1 unchanged")
+    expect(page.locator("#procs-body tr[data-id]")).to_have_count(4)
+    expect(cell(page, "extra", "status")).to_have_text("running")
+    procs = stack.procs()
+    assert procs["other"]["pid"] == other and procs["worker"]["pid"] != worker
+    expect(cell(page, "worker", "pid")).to_have_text(str(procs["worker"]["pid"]))
+
+    (project.root / "pb_processes.json").write_text('[{"id": "worker", "script": ')
+    page.get_by_role("button", name="Reload config").click()
+    page.locator("#confirm-ok").click()
+    errors = page.locator("#reload-errors")
+    expect(errors).to_contain_text("has errors; nothing was changed")
+    expect(errors.locator("li")).not_to_have_count(0)
+    expect(errors.locator("li").first).to_contain_text("JSON syntax error at line 1, column 29")
+    session.shot(f"reload-errors-{port}")
+    assert {k: p["pid"] for k, p in stack.procs().items() if k != "pocketbase"} == {
+        "worker": procs["worker"]["pid"], "other": other, "extra": procs["extra"]["pid"]}
+    expect(page.get_by_role("button", name="Reload config")).to_be_enabled()
+    page.get_by_role("button", name="Dismiss").click()
+    expect(errors).to_be_hidden()
 
 
 # -- tests: logs ---------------------------------------------------------------------------------

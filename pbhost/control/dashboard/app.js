@@ -78,7 +78,7 @@
 
   // -- talking to the API ---------------------------------------------------------------------
   class HttpError extends Error {
-    constructor(status, message) { super(message); this.status = status; }
+    constructor(status, message, data) { super(message); this.status = status; this.data = data; }
   }
   class NetError extends Error {}
 
@@ -110,7 +110,8 @@
     let data = null;
     try { data = text ? JSON.parse(text) : null; } catch (_) { data = null; }
     if (!res.ok) {
-      throw new HttpError(res.status, (data && data.message) || res.statusText || "error");
+      throw new HttpError(res.status, (data && data.message) || res.statusText || "error",
+        data && data.data);
     }
     return data;
   }
@@ -502,6 +503,53 @@
     }
   }
 
+  // -- reloading the process file (POST /api/pm/reload, as `pbhost reload`) ---------------------
+  const RELOAD_KINDS = ["added", "removed", "restarted", "updated"];
+
+  function reloadSummary(res) {
+    const parts = RELOAD_KINDS.filter((k) => (res[k] || []).length)
+      .map((k) => k + " " + res[k].join(", "));
+    if (!parts.length) return "Reloaded: nothing changed";
+    const same = (res.unchanged || []).length;
+    return "Reloaded: " + parts.join("; ") + (same ? "; " + same + " unchanged" : "");
+  }
+
+  function showReloadErrors(message, errors) {
+    const box = $("reload-errors");
+    box.hidden = !message;
+    if (!message) return;
+    $("reload-errors-title").textContent = message;
+    $("reload-errors-list").replaceChildren(...(errors || []).map((e) => el("li", null, e)));
+  }
+
+  async function reloadConfig() {
+    const button = $("reload-config");
+    if (button.disabled) return;
+    if (!await confirmDialog("Reload the process file?", "pbhost reads its process file " +
+        "again and applies what changed: added processes start, removed ones stop, changed " +
+        "ones restart. The others and PocketBase are left alone. If the file has errors, " +
+        "nothing changes.", "Reload")) {
+      return;
+    }
+    button.disabled = true;
+    button.textContent = "Reloading...";
+    showReloadErrors(null);
+    try {
+      toast(reloadSummary(await api("POST", "/api/pm/reload")));
+    } catch (err) {
+      if (isAuthError(err)) { dropAuth(); showSignIn("Your sign-in is no longer valid; sign in again."); return; }
+      if (err instanceof HttpError && err.status === 422) {
+        showReloadErrors(err.message, err.data && err.data.errors);
+      } else {
+        toast("Could not reload: " + err.message, "error");
+      }
+    } finally {
+      button.disabled = false;
+      button.textContent = "Reload config";
+      refreshList();
+    }
+  }
+
   function toast(text, tone) {
     const node = el("div", { class: "toast " + (tone || ""), role: tone === "error" ? "alert" : null },
       text);
@@ -874,6 +922,8 @@
     $("signin-form").addEventListener("submit", onSignIn);
     $("token-form").addEventListener("submit", onTokenSignIn);
     $("signout").addEventListener("click", signOut);
+    $("reload-config").addEventListener("click", reloadConfig);
+    $("reload-errors-close").addEventListener("click", () => showReloadErrors(null));
     $("proc-filter").addEventListener("input", () => { renderNav(); renderTable(); });
     let searchTimer = 0;
     $("log-search").addEventListener("input", () => {
