@@ -420,9 +420,11 @@ def test_restarting_pocketbase_asks_first_and_the_page_lives_on(session: Session
     dialog = page.locator("#confirm")
     expect(dialog).to_be_visible()
     expect(dialog).to_contain_text("Restart PocketBase?")
+    expect(dialog).to_contain_text("Restarting PocketBase interrupts every request it serves.")
     session.shot(f"confirm-{port}")
     page.keyboard.press("Escape")  # cancel: nothing happens
     expect(dialog).to_be_hidden()
+    expect(button(page, "pocketbase", "restart")).to_be_focused()  # back where it was
     assert stack.proc("pocketbase")["pid"] == old
 
     button(page, "pocketbase", "restart").click()
@@ -517,6 +519,33 @@ def test_reload_config_applies_an_edit_and_a_broken_file_changes_nothing(
     expect(page.get_by_role("button", name="Reload config")).to_be_enabled()
     page.get_by_role("button", name="Dismiss").click()
     expect(errors).to_be_hidden()
+
+
+@pytest.mark.parametrize("port", ["pb", "api"])
+def test_the_live_log_goes_on_after_pbhost_itself_restarts(session: Session, project: Project,
+                                                          port: str) -> None:
+    """The page keeps its cursor across pbhost's restart; the new run numbers its lines from 1
+    again, and they must still show."""
+    stack = start_stack(project, [talker(project, "worker")])
+    page = session.page
+    sign_in(page, stack.base(port))
+    log = open_log(page, "worker")
+    for i in range(3):
+        stack.say("worker", f"stdout:before restart {i}")
+        expect(log.locator(".ln", has_text=f"before restart {i}")).to_have_count(1)
+    stack.run.stop()
+    run = project.serve(port=stack.run.port)  # the same ports: the page's origin answers again
+    control = run.data_dir / ".pbhost/control.json"
+    info = wait_for(lambda: (d := json.loads(control.read_text()))["pid"] == run.proc.pid and d,
+                    15, "the new run's control.json")
+    assert info["url"] == stack.api
+    new = Stack(run, info["url"], info["token"], stack.su)
+    run.wait_line("[worker][STDOUT] worker up")
+    new.say("worker", "stdout:after restart")
+    expect(log.locator(".ln", has_text="after restart").last).to_be_visible(timeout=20_000)
+    expect(log.locator(".ln", has_text="pbhost was restarted")).to_have_count(1)
+    expect(log.locator(".ln", has_text="before restart 2")).to_have_count(1)  # not lost
+    assert log.locator(".ln", has_text="after restart").count() == 1
 
 
 # -- tests: logs ---------------------------------------------------------------------------------
@@ -628,6 +657,16 @@ def test_phone_width_and_the_keyboard(browser: Browser, stack: Stack) -> None:
         page.keyboard.press("Enter")
         expect(page.locator("#toasts")).to_contain_text("worker restarted")
         assert stack.proc("worker")["pid"] != old
+        # The button was busy and the row redrawn meanwhile: the focus is still where it was,
+        # and once Stop has turned into Start, it is on Start.
+        expect(restart).to_be_focused()
+        button(page, "worker", "stop").focus()
+        page.keyboard.press("Enter")
+        expect(cell(page, "worker", "status")).to_have_text("stopped")
+        expect(button(page, "worker", "start")).to_be_focused()
+        page.keyboard.press("Enter")
+        expect(cell(page, "worker", "status")).to_have_text("running")
+        expect(button(page, "worker", "stop")).to_be_focused()
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "phone.png"))
         open_log(page, "ai-agent")

@@ -34,7 +34,7 @@
     const key = focusKey(box);
     box.replaceChildren(...nodes);
     if (key) {
-      const again = box.querySelector(key);
+      const again = box.querySelector(key[0]) || (key[1] && box.querySelector(key[1]));
       if (again) again.focus({ preventScroll: true });
     }
   }
@@ -45,11 +45,16 @@
     const action = node.getAttribute("data-action");
     const row = node.closest("[data-id]");
     const id = node.getAttribute("data-id") || (row && row.getAttribute("data-id"));
-    if (action) return (row ? '[data-id="' + CSS.escape(row.getAttribute("data-id")) + '"] ' : "") +
-      '[data-action="' + CSS.escape(action) + '"]';
+    if (action) {
+      const scope = row ? '[data-id="' + CSS.escape(row.getAttribute("data-id")) + '"] ' : "";
+      // ...or, when it is gone (Stop turned into Start), the button in its place.
+      const place = Array.prototype.indexOf.call(node.parentElement.children, node) + 1;
+      return [scope + '[data-action="' + CSS.escape(action) + '"]',
+        scope + "[data-action]:nth-child(" + place + ")"];
+    }
     if (id && node.tagName === "A") {
-      return node.hasAttribute("data-id") ? 'a[data-id="' + CSS.escape(id) + '"]'
-        : '[data-id="' + CSS.escape(id) + '"] a';
+      return [node.hasAttribute("data-id") ? 'a[data-id="' + CSS.escape(id) + '"]'
+        : '[data-id="' + CSS.escape(id) + '"] a', null];
     }
     return null;
   }
@@ -376,10 +381,13 @@
   function actionButtons(p, small) {
     const pending = busy.has(p.id);
     const st = p.status;
+    // While its action runs a button is aria-disabled, not disabled: a disabled button cannot
+    // hold the focus, and a keyboard user's place would be lost to <body>.
     const make = (action, label, tone, enabled) => el("button", {
       type: "button", class: "btn " + tone + (small ? " sm" : ""), "data-action": action,
-      "aria-label": label + " " + p.id, disabled: pending || !enabled,
-      onclick: () => act(p.id, action),
+      "aria-label": label + " " + p.id, disabled: !enabled && !pending,
+      "aria-disabled": pending ? "true" : null,
+      onclick: () => { if (!busy.has(p.id)) act(p.id, action); },
     }, label);
     // Restart works in any state; Stop while it runs (or waits to), Start once it is halted.
     const halted = st === "stopped" || st === "crashed";
@@ -457,8 +465,16 @@
     $("confirm-title").textContent = title;
     $("confirm-text").textContent = text;
     $("confirm-ok").textContent = ok;
+    // The button that opened it may be redrawn meanwhile: give the focus back to its successor.
+    const back = focusKey(document.body);
     return new Promise((resolve) => {
-      dialog.addEventListener("close", () => resolve(dialog.returnValue === "ok"), { once: true });
+      dialog.addEventListener("close", () => {
+        if (back && (!document.activeElement || document.activeElement === document.body)) {
+          const again = document.querySelector(back[0]) || (back[1] && document.querySelector(back[1]));
+          if (again) again.focus({ preventScroll: true });
+        }
+        resolve(dialog.returnValue === "ok");
+      }, { once: true });
       dialog.returnValue = "cancel";
       dialog.showModal();
       $("confirm-cancel").focus();
@@ -476,7 +492,8 @@
         : " Its API and dashboard are unavailable" + (action === "stop" ? " until it is started " +
             "again." : " for a moment.") + " The sidecars keep running.";
       const verb = action === "stop" ? "Stop" : "Restart";
-      if (!await confirmDialog(verb + " PocketBase?", verb + "ping PocketBase interrupts every " +
+      const doing = action === "stop" ? "Stopping" : "Restarting";
+      if (!await confirmDialog(verb + " PocketBase?", doing + " PocketBase interrupts every " +
           "request it serves." + note, verb + " PocketBase")) {
         return;
       }
@@ -735,8 +752,14 @@
     deliver(recs) {
       const fresh = [];
       for (const rec of recs) {
-        const last = this.cursor.get(rec.id) || 0;
-        if (rec.seq && rec.seq <= last) continue; // never shown twice
+        let last = this.cursor.get(rec.id) || 0;
+        if (rec.seq && rec.seq <= last) {
+          // pbhost answers only lines after the cursor, unless the cursor is from an earlier
+          // pbhost run (it was restarted): then its lines are numbered from 1 again.
+          fresh.push({ marker: true, stream: "system", id: rec.id,
+            text: "... pbhost was restarted: " + rec.id + "'s lines from its new run" });
+          last = 0;
+        }
         if (last && rec.seq > last + 1) {
           // A gap: lines that left pbhost's ring before this view got them, or that pbhost
           // dropped because the view could not keep up.
