@@ -149,6 +149,19 @@ def flood(port: int, n: int) -> tuple[list[socket.socket], int]:
     return socks, connected
 
 
+def server_side_unread(port: int, socks: list[socket.socket]) -> int:
+    """Bytes the server's ends of these connections hold unread (/proc/net/tcp rx_queue);
+    connections it has not accepted yet count as unread."""
+    mine = {sock.getsockname()[1] for sock in socks}
+    seen: dict[int, int] = {}
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote = int(fields[1].split(":")[1], 16), int(fields[2].split(":")[1], 16)
+        if local == port and remote in mine:
+            seen[remote] = int(fields[4].split(":")[1], 16)
+    return sum(seen.values()) + (len(mine) - len(seen)) * 1_000_000
+
+
 def get_list(api: Api, timeout: float) -> tuple[int, float]:
     """GET /api/pm/list on a new connection: (status, seconds it took)."""
     t0 = time.monotonic()
@@ -235,6 +248,48 @@ def test_a_connection_flood_under_a_1024_fd_limit_cannot_starve_keep_alive(
     wait_for(lambda: fd_count(pid) <= baseline, 20,
              f"pbhost's fd count back to its baseline of {baseline}")
     assert get_list(api, 5)[0] == 200
+    assert "Traceback" not in run.output()
+
+
+@needs_prlimit
+@pytest.mark.parametrize("how", ["slow body", "unread answers"])
+def test_slow_bodies_and_unread_answers_cannot_take_every_slot(project: Project,
+                                                              how: str) -> None:
+    """No token is needed to send a body or to ask for the dashboard's files: a connection
+    doing either slowly must be sheddable, or `cap` of them refuse every real client."""
+    project.write("idle.py", IDLE)
+    project.config([{"id": "agent", "script": "idle.py", "interpreter": PY}])
+    run = project.serve(wrapper=("prlimit", "--nofile=1024:1024"))
+    api = Api(run)
+    port, cap = api_port(api), limits_for(1024).max_connections
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(cap):
+            sock = socket.socket()
+            socks.append(sock)
+            if how == "slow body":  # a whole head, then one byte of the 1,000 it announced
+                sock.connect(("127.0.0.1", port))
+                sock.sendall(b"POST /api/pm/reload HTTP/1.1\r\nHost: x\r\n"
+                             b"Content-Length: 1000\r\n\r\nx")
+            else:  # 200 pipelined requests for app.js (38 KB each), taken 4 KB at most
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                sock.connect(("127.0.0.1", port))
+                sock.sendall(b"GET /app.js HTTP/1.1\r\nHost: x\r\n\r\n" * 200)
+        # pbhost has read what each of them sent (so it is past the head of every one)...
+        wait_for(lambda: server_side_unread(port, socks) == 0, 10,
+                 lambda: f"pbhost reading the {cap} connections; "
+                         f"unread: {server_side_unread(port, socks)}")
+        if how == "unread answers":
+            # ...and has begun answering each of them (and is stuck writing to all of them).
+            for sock in socks:
+                sock.settimeout(10)
+                assert sock.recv(1, socket.MSG_PEEK) == b"H"
+        for _ in range(3):
+            status, took = get_list(api, 5)
+            assert status == 200 and took < 1.0, (status, took)
+    finally:
+        for sock in socks:
+            sock.close()
     assert "Traceback" not in run.output()
 
 

@@ -8,7 +8,8 @@ are spawned.
 Nothing a client does may take pbhost's file descriptors or its loop from keep-alive:
 - at most `Limits.max_connections` connections (an eighth of pbhost's fd limit, at most 1,024);
   a connection beyond that takes the slot of the longest-idle one (idle keep-alive first, then
-  slow heads), or, when every slot is busy answering, is refused at once with a 503;
+  slow ones: a head or body arriving, an answer not being read), or, when every slot is busy
+  answering, is refused at once with a 503;
 - a request's head must arrive within `head_timeout` (slow-loris), its body within
   `body_timeout`, a client must take its answer within `write_timeout`;
 - repeated 401s on one connection are answered ever more slowly, and it is closed after 10.
@@ -104,7 +105,8 @@ class StreamResponse:
 Handler = Callable[[Request], Awaitable[Union[Response, StreamResponse]]]
 
 # Where a connection is, for shedding: IDLE (waiting for a request to begin) goes first, SLOW
-# (a head arriving, or held back after repeated 401s) next, BUSY (being answered) never.
+# (a head or body arriving, an answer the client does not take, held back after repeated
+# 401s) next, BUSY (being answered) never.
 IDLE, SLOW, BUSY = "idle", "slow", "busy"
 
 
@@ -374,11 +376,11 @@ class HttpServer:
                 return
             resp = await self._handler(req)
             if isinstance(resp, StreamResponse):
-                await self._stream(conn, reader, writer, resp)
+                await self._stream(client, conn, reader, writer, resp)
                 return
             if resp.status == 401:
                 await self._after_auth_failure(client, resp)
-            await self._send(conn, writer, resp, head_only=req.method == "HEAD")
+            await self._send(conn, writer, resp, head_only=req.method == "HEAD", client=client)
             if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
                 return  # the client asked to close, or h11 cannot reuse the connection
             conn.start_next_cycle()
@@ -431,9 +433,12 @@ class HttpServer:
                 if not first:
                     deadline = loop.time() + limits.head_timeout
             conn.receive_data(data)
-        self._phase(client, BUSY)
         if not isinstance(event, h11.Request):
             return None  # ConnectionClosed (or PAUSED after a protocol switch we never accept)
+        # The body may trickle as a head may: the connection stays sheddable until the request
+        # is whole (else a Content-Length and one byte a second would hold a slot, no token
+        # needed).
+        self._phase(client, SLOW)
         body = bytearray()
         deadline = loop.time() + limits.body_timeout
         while True:
@@ -449,6 +454,7 @@ class HttpServer:
                     return self._error(413, "The request body is too large.")
             else:
                 return None
+        self._phase(client, BUSY)
         url = urlsplit(event.target.decode("latin-1"))
         return Request(
             method=event.method.decode("latin-1"), path=unquote(url.path),
@@ -456,17 +462,23 @@ class HttpServer:
             headers={k.decode("latin-1"): v.decode("latin-1") for k, v in event.headers},
             body=bytes(body))
 
-    async def _drain(self, writer: asyncio.StreamWriter) -> None:
-        """Wait for the client to take what was written, at most write_timeout."""
+    async def _drain(self, writer: asyncio.StreamWriter, client: _Client | None) -> None:
+        """Wait for the client to take what was written, at most write_timeout. Meanwhile the
+        connection is sheddable: a client that asks and does not read (pipelined requests for
+        the dashboard's files need no token) must not hold a slot for write_timeout."""
         transport = writer.transport
         low, _ = transport.get_write_buffer_limits()
         if transport.get_write_buffer_size() <= low:
             await writer.drain()  # not paused: returns at once, no timer needed
             return
+        if client is not None:
+            self._phase(client, SLOW)
         await asyncio.wait_for(writer.drain(), self.limits.write_timeout)
+        if client is not None:
+            self._phase(client, BUSY)
 
     async def _send(self, conn: h11.Connection, writer: asyncio.StreamWriter, resp: Response,
-                    head_only: bool) -> None:
+                    head_only: bool, client: _Client | None = None) -> None:
         headers = [("content-type", resp.content_type), ("content-length", str(len(resp.body))),
                    ("cache-control", "no-store"), *resp.headers]
         out = conn.send(h11.Response(status_code=resp.status, headers=headers,
@@ -475,7 +487,7 @@ class HttpServer:
             out += conn.send(h11.Data(data=resp.body))
         out += conn.send(h11.EndOfMessage())
         writer.write(out)
-        await self._drain(writer)
+        await self._drain(writer, client)
 
     async def _refuse(self, conn: h11.Connection, writer: asyncio.StreamWriter | None,
                       status: int, message: str) -> None:
@@ -487,7 +499,7 @@ class HttpServer:
         except (h11.LocalProtocolError, ConnectionError, asyncio.TimeoutError):
             pass
 
-    async def _stream(self, conn: h11.Connection, reader: asyncio.StreamReader,
+    async def _stream(self, client: _Client, conn: h11.Connection, reader: asyncio.StreamReader,
                       writer: asyncio.StreamWriter, resp: StreamResponse) -> None:
         headers = [("content-type", resp.content_type), ("cache-control", "no-store"),
                    ("x-accel-buffering", "no")]
@@ -498,11 +510,11 @@ class HttpServer:
 
         async def send(data: bytes) -> None:
             writer.write(conn.send(h11.Data(data=data)))
-            await self._drain(writer)  # a follower that stops reading is dropped, not waited on
+            await self._drain(writer, client)  # a follower that stops reading is dropped
         try:
             await resp.produce(send, gone)
             writer.write(conn.send(h11.EndOfMessage()))
-            await self._drain(writer)
+            await self._drain(writer, client)
         finally:
             watch.cancel()
 
