@@ -462,7 +462,8 @@ def test_probes_with_their_defaults_and_port_written_once(root: Path) -> None:
             live.success_threshold) == (0.0, 10.0, 1.0, 3, 1)       # Kubernetes' defaults
     assert (ready.kind, ready.host, ready.port, ready.period, ready.success_threshold) == (
         "tcp", "127.0.0.1", 8001, 1.0, 2)                           # readiness: every second
-    assert live.label == "GET /health?deep=1" and ready.label == "TCP 8001"
+    # Messages name a probe as written: a ${VAR} may hold a secret (an envFile's API key).
+    assert live.label == "GET /health?deep=1" and ready.label == "TCP ${PORT}"
     assert spec.watchdog == 30.0 and dict(spec.depends_on) == {"pocketbase": "started"}
 
 

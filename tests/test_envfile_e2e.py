@@ -145,7 +145,14 @@ def test_secrets_never_reach_the_api_the_hook_state_json_or_the_log(project: Pro
     project.config([
         {"id": "ai-agent", "script": "digest.py", "interpreter": PY, "envFile": ".env",
          "env": {"API_TOKEN": env_secret, "UNSET_REF": "${NOT_SET_ANYWHERE}"}},
-        {"id": "leaky", "script": "show.py", "interpreter": PY, "envFile": "bad.env"}])
+        {"id": "leaky", "script": "show.py", "interpreter": PY, "envFile": "bad.env"},
+        # Probes that name secrets: their messages (lastError, health, the log) must not.
+        {"id": "probed", "script": "digest.py", "interpreter": PY, "envFile": ".env",
+         "env": {"API_TOKEN": env_secret},
+         "readinessProbe": {"http": "http://127.0.0.1:1/ready?key=${OPENAI_API_KEY}",
+                            "period": "200ms"},
+         "livenessProbe": {"exec": [PY, "-c", "raise SystemExit(1)", "${API_TOKEN}"],
+                           "period": "200ms", "failureThreshold": 2}}])
     run = project.serve(pbhost_args=("-v",))
     digest = hashlib.sha256(file_secret.encode()).hexdigest()[:16]
     run.wait_line(f"[ai-agent][STDOUT] key digest {digest} token digest "
@@ -153,7 +160,11 @@ def test_secrets_never_reach_the_api_the_hook_state_json_or_the_log(project: Pro
     run.wait_line(f"leaky: cannot start: envFile {project.root / 'bad.env'}:2: a name without "
                   "'='")
     run.wait_line("ai-agent: env UNSET_REF refers to ${NOT_SET_ANYWHERE}, which is not set")
+    failed = run.wait_line("probed: liveness failed 2 times")
+    assert "${API_TOKEN}" in failed, failed  # named as written
     api = Api(run)
+    wait_for(lambda: "GET /ready?key=${OPENAI_API_KEY}: connection refused"
+             in (api.proc("probed")["health"] or ""), 10, "probed's readiness as written")
     seen = [api.raw(path) for path in (
         "/api/pm/list", "/api/pm/ai-agent", "/api/pm/leaky", "/api/pm/ai-agent/logs?lines=1000",
         "/api/pm/logs?lines=1000", "/api/pm/metrics")]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import re
 from collections import ChainMap
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
@@ -47,6 +47,10 @@ class ProbeSpec:
     timeout: float = 1.0
     failure_threshold: int = 3
     success_threshold: int = 1
+    # What messages show (lastError, the log, the API's health): the value as written, its
+    # `${VAR}`s not expanded, since they may come from an envFile's secrets. Not compared: the
+    # same probe written with another variable of the same value is the same probe.
+    shown: str = field(default="", compare=False)
 
     @property
     def polled(self) -> bool:
@@ -54,13 +58,13 @@ class ProbeSpec:
 
     @property
     def label(self) -> str:
-        """How messages name it: `GET /health`, `TCP 127.0.0.1:8001`, `exec check.py`."""
+        """How messages name it: `GET /health`, `TCP 127.0.0.1:${PORT}`, `exec check.py`."""
         if self.kind == "http":
-            return f"GET {self.path}"
+            return f"GET {self.shown or self.path}"
         if self.kind == "tcp":
-            return f"TCP {self.target}"
+            return f"TCP {self.shown or self.target}"
         if self.kind == "exec":
-            return "exec " + " ".join(self.argv)[:80]
+            return "exec " + (self.shown or " ".join(self.argv))[:80]
         if self.kind == "logLine":
             return f"log line /{self.target}/"
         return "READY=1"
@@ -174,28 +178,32 @@ def _http(raw: Any, lookup: Mapping[str, str], fc: FieldContext) -> dict[str, An
     from urllib.parse import urlsplit  # only a process with an http probe pays for it
 
     url = _text(raw, lookup, fc, "http probe")
+    written = raw.strip()  # messages quote it as written: an expanded value may be a secret
     parts = urlsplit(url)
     if parts.scheme != "http":
         raise Invalid(f"must be an http:// URL such as http://127.0.0.1:8001/health, got "
-                      f"{describe(url)}")
+                      f"{describe(written)}")
     try:
         port = parts.port or 80
     except ValueError:
-        raise Invalid(f"has an invalid port: {describe(url)}") from None
-    host = _host(parts.hostname or "", url)
+        raise Invalid(f"has an invalid port: {describe(written)}") from None
+    host = _host(parts.hostname or "", written)
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    return {"target": url, "host": host, "port": port, "path": path}
+    as_written = urlsplit(written)
+    shown = (as_written.path or "/") + (f"?{as_written.query}" if as_written.query else "")
+    return {"target": url, "host": host, "port": port, "path": path, "shown": shown}
 
 
 def _tcp(raw: Any, lookup: Mapping[str, str], fc: FieldContext) -> dict[str, Any]:
     text = _text(raw, lookup, fc, "tcp probe")
+    written = raw.strip()
     host, sep, port = text.rpartition(":")
     if not sep:
         host, port = "", text  # a bare port: on loopback
     if not port.isdigit() or not 0 < int(port) < 65536:
-        raise Invalid(f'must be "HOST:PORT" such as "127.0.0.1:8001", got {describe(text)}')
-    return {"target": text, "host": _host(host.strip("[]") or "127.0.0.1", text),
-            "port": int(port)}
+        raise Invalid(f'must be "HOST:PORT" such as "127.0.0.1:8001", got {describe(written)}')
+    return {"target": text, "host": _host(host.strip("[]") or "127.0.0.1", written),
+            "port": int(port), "shown": written}
 
 
 def _host(host: str, shown: str) -> str:
@@ -219,7 +227,8 @@ def _exec(raw: Any, lookup: Mapping[str, str], fc: FieldContext) -> dict[str, An
                       f"{describe(raw)}")
     argv = tuple(_text(item, lookup, fc, "exec probe") if isinstance(item, str) and item.strip()
                  else _bad_item(i, item) for i, item in enumerate(raw))
-    return {"target": " ".join(argv), "argv": argv}
+    return {"target": " ".join(argv), "argv": argv,
+            "shown": " ".join(item.strip() for item in raw)}
 
 
 def _bad_item(index: int, item: Any) -> str:
