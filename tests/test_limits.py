@@ -422,11 +422,17 @@ def test_random_tokens_cost_pocketbase_fewer_than_50_auth_requests(project: Proj
 
 # -- spawns that fail for want of resources -----------------------------------------------
 @needs_prlimit
+@pytest.mark.parametrize("env_file", [False, True], ids=["pipes", "envFile"])
 def test_a_spawn_without_fds_is_retried_and_recovers_once_the_limit_is_lifted(
-        project: Project) -> None:
+        project: Project, env_file: bool) -> None:
     project.write("idle.py", IDLE)
     # maxRetries 2: the kill is failure 1; the starved retries must not count as more.
-    project.config([{"id": "agent", "script": "idle.py", "interpreter": PY, "maxRetries": 2}])
+    spec: dict[str, object] = {"id": "agent", "script": "idle.py", "interpreter": PY,
+                               "maxRetries": 2}
+    if env_file:  # read at every start: the first file a start opens fails, not the pipes
+        project.write(".env", "MODE=test\n")
+        spec["envFile"] = ".env"
+    project.config([spec])
     run = project.serve()
     api = Api(run)
     pid = run.proc.pid
@@ -439,7 +445,8 @@ def test_a_spawn_without_fds_is_retried_and_recovers_once_the_limit_is_lifted(
     reply: list[int] = []
     try:
         os.kill(old, signal.SIGKILL)
-        run.wait_line("agent: cannot start now: pbhost has too many open files (EMFILE")
+        said = run.wait_line("agent: cannot start now: pbhost has too many open files (EMFILE")
+        assert ("reading " + str(project.root / ".env") in said) == env_file, said
         # The limit bounds fd *numbers*: the dead agent's closed fds left holes below it, which
         # an accept could still take. Down to the lowest free number: no new fd at all.
         prlimit_pid(pid, lowest_free_fd(pid))

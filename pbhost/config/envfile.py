@@ -13,6 +13,7 @@ python-dotenv is imported on the first read, so a config without envFile never l
 
 from __future__ import annotations
 
+import errno
 import io
 import re
 from collections import ChainMap
@@ -25,6 +26,9 @@ if TYPE_CHECKING:
 # Patterns as strings: `re` compiles them on first use, which is only when a file has a problem.
 _NEWLINE = r"\r\n|\n|\r"
 _CLOSED = {"'": r"(?s)'(?:\\.|[^'\\])*'", '"': r'(?s)"(?:\\.|[^"\\])*"'}
+# Reading failed for want of fds or memory (pbhost's, not the file's fault): not a problem of
+# the file, so it propagates and the start is retried (process/spawn.py RESOURCE_ERRNOS).
+EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 NO_EQUALS = "a name without '=' (write NAME=VALUE, or NAME= for an empty value)"
 
 
@@ -72,6 +76,8 @@ def _read(path: Path, problems: list[EnvProblem]) -> str | None:
     except IsADirectoryError:
         problems.append(EnvProblem(path, "is a folder, not a file"))
     except OSError as exc:
+        if exc.errno in EXHAUSTED:
+            raise  # pbhost is out of fds or memory: nothing wrong with the file; retried later
         problems.append(EnvProblem(path, f"cannot read: {exc.strerror or exc}"))
     else:
         try:

@@ -269,7 +269,7 @@ def _own_env(values: Mapping[str, Any], ctx: Context) -> dict[str, str]:
         from pbhost.config.envfile import EnvFileError, read_env_files  # python-dotenv
         try:
             files = read_env_files(values["envFile"], ctx.environ)
-        except EnvFileError:
+        except (EnvFileError, OSError):  # OSError: out of fds; the start says it and retries
             pass
     lookup = ChainMap(files, dict(ctx.environ))
     env = {name: template.expand(text, lookup)[0] for name, text in values.get("env", {}).items()}

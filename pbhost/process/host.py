@@ -37,7 +37,7 @@ from pbhost.process.hostview import Companion
 from pbhost.process.launch import prepare_launch
 from pbhost.process.reaper import Reaper
 from pbhost.process.runtime import SystemRuntime
-from pbhost.process.spawn import Child
+from pbhost.process.spawn import RESOURCE_ERRNOS, Child, SpawnError, describe_oserror
 from pbhost.process.state import COMING_UP, HEALTHY_RUN, ProcessState
 from pbhost.process.supervisor import Launch, LaunchError, Policy, Supervisor
 from pbhost.production.notify import Notifier, status_line
@@ -168,6 +168,14 @@ class Host:
             except EnvFileError as exc:
                 self.launched[spec.id] = str(exc)
                 raise LaunchError(str(exc)) from None
+            except OSError as exc:
+                if exc.errno not in RESOURCE_ERRNOS:
+                    raise
+                # Out of fds or memory while reading its envFile or #! line: retried like a
+                # spawn that failed for the same reason, never `crashed`.
+                reason = describe_oserror(exc, spec.id, str(spec.cwd))
+                raise SpawnError(exc.errno, f"{reason}, reading {exc.filename}"
+                                 if exc.filename else reason) from None
             if spec.env_files:  # without envFile, loading the config warned already
                 for name, var in set(own.unset) - warned:
                     warned.add((name, var))

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, Sequence
 
 from pbhost.config import template
+from pbhost.process.spawn import RESOURCE_ERRNOS
 
 if TYPE_CHECKING:  # value objects only; this module must not import the supervision core
     from pbhost.config.loader import ProcessSpec
@@ -173,7 +174,9 @@ def _is_python_program(program: str) -> bool:
     try:
         with open(program, "rb") as f:
             first = f.readline(256)
-    except OSError:
+    except OSError as exc:
+        if exc.errno in RESOURCE_ERRNOS:
+            raise  # out of fds: the start is retried, not made without PYTHONUNBUFFERED
         return False
     return first.startswith(b"#!") and b"python" in first
 
