@@ -11,7 +11,14 @@ import signal
 
 import pytest
 
-from pbhost.health.thresholds import Result, Threshold, next_wait, probe_loop, ran_healthy
+from pbhost.health.thresholds import (
+    ProbeUnavailable,
+    Result,
+    Threshold,
+    next_wait,
+    probe_loop,
+    ran_healthy,
+)
 from pbhost.order import depends
 from pbhost.order.depends import DepState
 from pbhost.process.state import ProcessState
@@ -84,6 +91,32 @@ def test_probe_loop_waits_initial_delay_never_overlaps_and_times_out() -> None:
     ordered = sorted(zip(starts, ends, strict=True))
     pairs = zip(ordered, ordered[1:], strict=False)
     assert all(b1 <= a2 for (_, b1), (a2, _) in pairs)  # never overlap
+
+
+def test_a_check_pbhost_cannot_run_is_skipped_neither_pass_nor_failure() -> None:
+    outcomes = iter([True, None, None, False, True])  # None: no fd for its socket
+    results: list[Result] = []
+    skipped: list[tuple[float, str]] = []
+
+    async def check() -> Result:
+        ok = next(outcomes)
+        if ok is None:
+            raise ProbeUnavailable("no socket: Too many open files")
+        return Result(ok, "checked")
+
+    def on_result(r: Result) -> bool:
+        results.append(r)
+        return len(results) < 3
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        await probe_loop(check, 0.0, 1.0, 0.5, on_result, "timed out",
+                         lambda why: skipped.append((loop.time(), why)))
+
+    run_virtual(main)
+    assert [r.ok for r in results] == [True, False, True]  # the two skips are not failures
+    assert [why for _, why in skipped] == ["no socket: Too many open files"] * 2
+    assert [t for t, _ in skipped] == pytest.approx([1.0, 2.0])  # tried again each period
 
 
 # -- liveness failures on a Supervisor ----------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import resource
 import secrets
 import shutil
@@ -472,6 +473,60 @@ def test_a_spawn_without_fds_is_retried_and_recovers_once_the_limit_is_lifted(
     wait_for(lambda: fd_count(pid) <= held, 10, f"pbhost back to {held} fds (none leaked)")
     assert "Traceback" not in run.output()
     assert "crashed" not in run.output()
+
+
+# Listens on $PORT and ticks every 100 ms; SIGUSR1 closes the listening socket (it hangs on).
+TICKING_LISTENER = """
+    import os, signal, socket, threading, time
+    sock = socket.create_server(("127.0.0.1", int(os.environ["PORT"])))
+    signal.signal(signal.SIGUSR1, lambda *_: sock.close())
+    def serve():
+        try:
+            while True:
+                sock.accept()[0].close()
+        except OSError:
+            pass  # closed on SIGUSR1
+    threading.Thread(target=serve, daemon=True).start()
+    print(f"pid={os.getpid()}", flush=True)
+    n = 0
+    while True:
+        n += 1
+        print(f"tick {n}", flush=True)
+        time.sleep(0.1)
+"""
+
+
+@needs_prlimit
+def test_a_probe_without_fds_is_skipped_not_failed_and_resumes(project: Project) -> None:
+    project.write("web.py", TICKING_LISTENER)
+    project.config([{"id": "web", "script": "web.py", "interpreter": PY,
+                     "env": {"PORT": str(free_port())},
+                     "livenessProbe": {"tcp": "127.0.0.1:${PORT}", "period": "200ms",
+                                       "failureThreshold": 2}}])
+    run = project.serve()
+    api = Api(run)
+    pid = run.proc.pid
+    hard = nofile_of(pid)[1]
+    old = wait_for(lambda: (p := api.proc("web"))["status"] == "running" and p["pid"], 10,
+                   "web running")
+    try:
+        prlimit_pid(pid, lowest_free_fd(pid))  # not one fd to spare: the probe has no socket
+        run.wait_line("web: probe TCP 127.0.0.1:${PORT} skipped: no socket: Too many open files")
+        # Ten probe periods later (its ticks still reach pbhost: their pipe is open)...
+        ticks = len(re.findall(r"\[web\]\[STDOUT\] tick ", run.output()))
+        run.wait_line("[web][STDOUT] tick ", count=ticks + 20)
+    finally:
+        prlimit_pid(pid, hard)
+    # ...it was not restarted for pbhost's want of fds,
+    assert "liveness fail" not in run.output() and pid_alive(old)
+    # and its probe still works: a server that stops listening is restarted.
+    os.kill(old, signal.SIGUSR1)
+    run.wait_line("web: liveness failed 2 times (TCP 127.0.0.1:${PORT}: connection refused); "
+                  "restarting")
+    new = wait_for(lambda: (p := api.proc("web"))["status"] == "running" and p["pid"] != old
+                   and p["pid"], 15, "web restarted")
+    assert pid_alive(new)
+    assert "Traceback" not in run.output() and "failed unexpectedly" not in run.output()
 
 
 # -- full and read-only disks --------------------------------------------------------------

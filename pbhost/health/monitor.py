@@ -115,9 +115,18 @@ class _Run:
         from pbhost.health.probes import make_check  # only processes with probes load it
 
         check = make_check(probe, self.runtime, env, cwd)
+        said = False
+
+        def skipped(reason: str) -> None:
+            nonlocal said
+            if not said:  # once a run: pbhost's own exhaustion is said where it happens too
+                said = True
+                log.warning("%s: probe %s skipped: %s; it is tried again every %s, and "
+                            "counts neither as a pass nor as a failure meanwhile",
+                            self.spec.id, probe.label, reason, secs(probe.period))
         task = self.loop.create_task(probe_loop(
             check, probe.initial_delay, probe.period, probe.timeout, on_result,
-            f"{probe.label}: timed out after {secs(probe.timeout)}"))
+            f"{probe.label}: timed out after {secs(probe.timeout)}", skipped))
         task.add_done_callback(self._task_done)
         return task
 

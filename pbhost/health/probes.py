@@ -15,11 +15,11 @@ import os
 import socket
 from typing import TYPE_CHECKING, Mapping
 
-from pbhost.health.thresholds import Check, Result
+from pbhost.health.thresholds import Check, ProbeUnavailable, Result
 from pbhost.process.ending import Group, alive, ending, start_ending
 from pbhost.process.reaper import describe_status
 from pbhost.process.runenv import OWN_VARIABLES
-from pbhost.process.spawn import SpawnError
+from pbhost.process.spawn import RESOURCE_ERRNOS, SpawnError
 
 if TYPE_CHECKING:
     from pbhost.config.probekeys import ProbeSpec
@@ -44,7 +44,12 @@ def make_check(spec: ProbeSpec, runtime: Runtime, env: Mapping[str, str], cwd: s
 
 def _socket(host: str) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    except OSError as exc:
+        if exc.errno in RESOURCE_ERRNOS:
+            raise ProbeUnavailable(f"no socket: {exc.strerror}") from None
+        raise
     sock.setblocking(False)
     return sock
 
@@ -142,6 +147,8 @@ async def exec_check(argv: tuple[str, ...], cwd: str, env: Mapping[str, str],
     try:
         child = runtime.spawn(argv, env, cwd)
     except SpawnError as exc:
+        if exc.transient:  # pbhost's want of fds or processes, not the process's fault
+            raise ProbeUnavailable(exc.strerror or str(exc)) from None
         return Result(False, f"{label}: {exc.strerror}")
     exited: asyncio.Future[int] = loop.create_future()
     runtime.watch(child, lambda status: None if exited.done() else exited.set_result(status))

@@ -62,19 +62,31 @@ def ran_healthy(started: float, last_ok: float | None, healthy_run: float) -> bo
 Check = Callable[[], Awaitable[Result]]
 
 
+class ProbeUnavailable(Exception):
+    """pbhost could not run a check for want of its own resources (no fd for a socket, no fork
+    for an exec probe): says nothing about the process, so it is neither a pass nor a failure."""
+
+
 async def probe_loop(check: Check, initial_delay: float, period: float, timeout: float,
-                     on_result: Callable[[Result], bool], timed_out: str) -> None:
+                     on_result: Callable[[Result], bool], timed_out: str,
+                     skipped: Callable[[str], None] | None = None) -> None:
     """Run `check` every `period` seconds, the first after `initial_delay`, each bounded by
     `timeout`, until `on_result` returns False. A check that times out is cancelled (an exec
-    probe kills its process group on cancellation) and counts as a failure: `timed_out`."""
+    probe kills its process group on cancellation) and counts as a failure: `timed_out`. A
+    check that raises ProbeUnavailable is skipped (`skipped(reason)`) and tried next period:
+    a healthy process is not restarted because pbhost ran out of fds, nor its probe lost."""
     loop = asyncio.get_running_loop()
     await asyncio.sleep(initial_delay)
     while True:
         began = loop.time()
         try:
-            result = await asyncio.wait_for(check(), timeout)
+            result: Result | None = await asyncio.wait_for(check(), timeout)
         except asyncio.TimeoutError:
             result = Result(False, timed_out)
-        if not on_result(result):
+        except ProbeUnavailable as exc:
+            result = None
+            if skipped is not None:
+                skipped(str(exc))
+        if result is not None and not on_result(result):
             return
         await asyncio.sleep(next_wait(began, loop.time(), period))
