@@ -421,6 +421,38 @@ def test_random_tokens_cost_pocketbase_fewer_than_50_auth_requests(project: Proj
     assert asked < 50, f"{asked} auth-refresh requests for 1,000 random tokens"
 
 
+def test_a_superuser_signing_in_on_the_control_api_is_not_locked_out_by_guessers(
+        project: Project) -> None:
+    """Forged tokens spend the check budget; someone who signs in through pbhost's relay
+    meanwhile (as the dashboard on the control API does) gets a token the API takes as is."""
+    project.write("idle.py", IDLE)
+    project.config([{"id": "agent", "script": "idle.py", "interpreter": PY}])
+    upsert_superuser(project.root)
+    run = project.serve()
+    api = Api(run)
+    stop = threading.Event()
+    seen: list[int] = []
+
+    def attack() -> None:
+        while not stop.is_set():
+            seen.append(api.get("/api/pm/list", token=forged_jwt())[0])
+    attackers = [threading.Thread(target=attack) for _ in range(4)]
+    for t in attackers:
+        t.start()
+    try:
+        wait_for(lambda: 429 in seen, 30, "the guessers spent the budget")
+        status, body = http_json(api.url + "/api/collections/_superusers/auth-with-password",
+                                 "POST", body={"identity": EMAIL, "password": PASSWORD})
+        assert status == 200, body
+        for _ in range(3):
+            assert api.get("/api/pm/list", token=body["token"])[0] == 200
+        assert seen[-20:].count(429) > 0  # still under attack meanwhile
+    finally:
+        stop.set()
+        for t in attackers:
+            t.join(30)
+
+
 # -- spawns that fail for want of resources -----------------------------------------------
 @needs_prlimit
 @pytest.mark.parametrize("env_file", [False, True], ids=["pipes", "envFile"])

@@ -89,7 +89,7 @@ class ControlApi:
         self.followers = 0               # ?follow=1 streams open now
         self.server: HttpServer | None = None  # for the connection figures in /metrics
         self.webui = WebUi()
-        self.signin = SignInRelay(host.pb.local_host, host.pb.port)
+        self.signin = SignInRelay(host.pb.local_host, host.pb.port, issued=auth.vouch)
         self.hub = FollowHub(host.stream)  # every ?follow=1 client, one log subscription
 
     # -- entry point ----------------------------------------------------------------------

@@ -12,8 +12,9 @@ Failed authentication is cheap and cannot be used to hammer PocketBase:
   refilled at BUDGET_RATE per second) that only failures spend: a refused token keeps its
   share, an accepted one gives it back. With the budget spent, such tokens get 429 for a few
   seconds. Tokens of a superuser PocketBase accepted before (the same record id, also after a
-  new login) are checked without the budget, and pbhost's own token is never checked at all,
-  so neither is slowed by someone guessing.
+  new login) are checked without the budget, a token PocketBase issued through pbhost's
+  sign-in relay (signin.py) needs no check at all, and neither does pbhost's own token, so
+  none of them is slowed by someone guessing.
 (repeated 401s on one connection are slowed by the HTTP server.)
 """
 
@@ -160,6 +161,33 @@ class Authenticator:
             return REFUSED
         return await self._ask_pocketbase(token, claims)
 
+    def vouch(self, token: str) -> None:
+        """PocketBase has just issued `token` to a superuser (a sign-in relayed by signin.py):
+        it is accepted without asking, and its superuser is known, so a guesser spending the
+        budget cannot lock out someone who signs in on the control API meanwhile."""
+        raw = token.encode("latin-1", "replace")
+        claims = auth_claims(raw, self._wall())
+        if claims is None:
+            return
+        self._remember(hashlib.sha256(raw).digest(), claims, ALLOWED, self._clock())
+
+    def _remember(self, key: bytes, claims: dict[str, Any], verdict: Verdict,
+                  now: float) -> None:
+        if verdict.ok:
+            if len(self._known) >= KNOWN_MAX:
+                self._known.clear()
+            who = _who(claims)
+            self._known[who] = max(self._known.get(who, 0.0), float(claims["exp"]))
+        if len(self._cache) >= CACHE_MAX:
+            self._cache.clear()
+        self._cache[key] = (now + self._ttl, verdict)
+        if verdict.ok:
+            if len(self._vouched) >= CACHE_MAX:
+                self._vouched.clear()
+            self._vouched[key] = now
+        else:
+            self._vouched.pop(key, None)
+
     def _cached(self, key: bytes) -> Verdict | None:
         cached = self._cache.get(key)
         return cached[1] if cached is not None and cached[0] > self._clock() else None
@@ -194,18 +222,5 @@ class Authenticator:
             return Verdict(503, "Cannot check this token: PocketBase is not answering. "
                                 "Use pbhost's own token (control.json) while it is down.")
         verdict = ALLOWED if status == 200 else REFUSED
-        if verdict.ok:
-            if len(self._known) >= KNOWN_MAX:
-                self._known.clear()
-            who = _who(claims)
-            self._known[who] = max(self._known.get(who, 0.0), float(claims["exp"]))
-        if len(self._cache) >= CACHE_MAX:
-            self._cache.clear()
-        self._cache[key] = (now + self._ttl, verdict)
-        if verdict.ok:
-            if len(self._vouched) >= CACHE_MAX:
-                self._vouched.clear()
-            self._vouched[key] = now
-        else:
-            self._vouched.pop(key, None)
+        self._remember(key, claims, verdict, now)
         return verdict

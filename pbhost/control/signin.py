@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Callable
 
 from pbhost.control.httpserver import Request, Response
 from pbhost.pocketbase.localhttp import request
@@ -32,8 +33,10 @@ def _error(status: int, message: str) -> Response:
 
 class SignInRelay:
     def __init__(self, pb_host: str, pb_port: int, burst: int = BURST,
-                 per_minute: float = PER_MINUTE) -> None:
+                 per_minute: float = PER_MINUTE,
+                 issued: Callable[[str], None] | None = None) -> None:
         self._pb = (pb_host, pb_port)
+        self._issued = issued  # told each token PocketBase issued: the API accepts it as is
         self._burst = float(burst)
         self._rate = per_minute / 60.0
         self._tokens = float(burst)
@@ -67,9 +70,12 @@ class SignInRelay:
                                "now; use pbhost's token (control.json) while it is down.")
         status, body = answer
         try:
-            json.loads(body)
+            data = json.loads(body)
         except ValueError:
             return _error(502, "PocketBase sent an answer that is not JSON.")
+        if status == 200 and self._issued is not None and isinstance(data, dict) \
+                and isinstance(data.get("token"), str):
+            self._issued(data["token"])
         return Response(status, body)
 
 
