@@ -50,6 +50,7 @@ TICKER = child("ticker.py")      # pid=N, then `tick N` every 100 ms
 STUBBORN = child("stubborn.py")  # pid=N; ignores the signals its args name (else SIGTERM)
 FAMILY = child("family.py")      # pid=N kid=M: one grandchild in its group
 IDLE = child("idle.py")          # pid=N, then waits for a signal
+LISTENER = child("listener.py")  # listens on $PORT, `tick N` every 100 ms; USR1: stops listening
 OUT_ERR = child("out_err.py")    # argv[1] on stdout, argv[2] on stderr, then waits
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 import urllib.request
@@ -13,7 +15,16 @@ from pathlib import Path
 from typing import Any
 
 from pbhost.pocketbase.binary import find_binary
-from support import Api, PbhostRun, Project, free_port, http_json, pbhost_env, wait_for
+from support import (
+    LISTENER,
+    Api,
+    PbhostRun,
+    Project,
+    free_port,
+    http_json,
+    pbhost_env,
+    wait_for,
+)
 
 PY = sys.executable
 EMAIL, PASSWORD = "root@example.com", "password123"
@@ -124,6 +135,32 @@ def test_a_malformed_line_fails_that_start_only_with_file_and_line(project: Proj
     assert out.returncode == 0, out
     assert env_line(run, "broken") == {"A": "1", "TOKEN": "terminated"}
     assert api.body("/api/pm/broken")["lastError"] is None
+
+
+def test_a_probe_follows_a_port_that_moved_in_the_env_file(project: Project) -> None:
+    """PORT lives in .env and the probe says ${PORT}: edit .env, `pbhost restart`, and the
+    probe checks the new port (the file is read at every start, so is the probe's value)."""
+    first, second = free_port(), free_port()
+    env_file = project.write(".env", f"PORT={first}\n")
+    project.write("web.py", LISTENER)
+    project.config([{"id": "web", "script": "web.py", "interpreter": PY, "envFile": ".env",
+                     "livenessProbe": {"tcp": "127.0.0.1:${PORT}", "period": "200ms",
+                                       "failureThreshold": 2}}])
+    run = project.serve()
+    run.wait_line(f"port={first}")
+    env_file.write_text(f"PORT={second}\n")
+    out = cli(project.root, "restart", "web")
+    assert out.returncode == 0, out
+    run.wait_line(f"port={second}")
+    # Ten probe periods on the new port (two failures would restart it)...
+    ticks = len(re.findall(r"\[web\]\[STDOUT\] tick ", run.output()))
+    run.wait_line("[web][STDOUT] tick ", count=ticks + 20)
+    assert "liveness fail" not in run.output()
+    proc = Api(run).proc("web")
+    assert proc["restartCount"] == 1 and proc["health"] is None, proc
+    # ...and it is watching that port: a server that stops listening there is restarted.
+    os.kill(proc["pid"], signal.SIGUSR1)
+    run.wait_line("web: liveness failed 2 times (TCP 127.0.0.1:${PORT}: connection refused)")
 
 
 def make_superuser(project: Project) -> None:

@@ -32,6 +32,7 @@ from pbhost.control.auth import SUPERUSER_CHECK
 from pbhost.control.httpserver import Limits, limits_for
 from support import (
     EMAIL,
+    LISTENER,
     PASSWORD,
     Api,
     PbhostRun,
@@ -507,30 +508,9 @@ def test_a_spawn_without_fds_is_retried_and_recovers_once_the_limit_is_lifted(
     assert "crashed" not in run.output()
 
 
-# Listens on $PORT and ticks every 100 ms; SIGUSR1 closes the listening socket (it hangs on).
-TICKING_LISTENER = """
-    import os, signal, socket, threading, time
-    sock = socket.create_server(("127.0.0.1", int(os.environ["PORT"])))
-    signal.signal(signal.SIGUSR1, lambda *_: sock.close())
-    def serve():
-        try:
-            while True:
-                sock.accept()[0].close()
-        except OSError:
-            pass  # closed on SIGUSR1
-    threading.Thread(target=serve, daemon=True).start()
-    print(f"pid={os.getpid()}", flush=True)
-    n = 0
-    while True:
-        n += 1
-        print(f"tick {n}", flush=True)
-        time.sleep(0.1)
-"""
-
-
 @needs_prlimit
 def test_a_probe_without_fds_is_skipped_not_failed_and_resumes(project: Project) -> None:
-    project.write("web.py", TICKING_LISTENER)
+    project.write("web.py", LISTENER)
     project.config([{"id": "web", "script": "web.py", "interpreter": PY,
                      "env": {"PORT": str(free_port())},
                      "livenessProbe": {"tcp": "127.0.0.1:${PORT}", "period": "200ms",

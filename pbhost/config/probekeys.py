@@ -18,10 +18,19 @@ import json
 import re
 from collections import ChainMap
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
-from pbhost.config.keys import FieldContext, Invalid, describe, expand, parse_duration, suggest
+from pbhost.config.keys import (
+    Context,
+    FieldContext,
+    Invalid,
+    describe,
+    expand,
+    parse_duration,
+    suggest,
+)
 from pbhost.order.depends import CONDITIONS, PB_CONDITIONS, PB_ID
 
 POLLED = ("http", "tcp", "exec")         # run every `period`
@@ -51,6 +60,9 @@ class ProbeSpec:
     # `${VAR}`s not expanded, since they may come from an envFile's secrets. Not compared: the
     # same probe written with another variable of the same value is the same probe.
     shown: str = field(default="", compare=False)
+    # The probe object as the file has it, for `for_run`: its ${VAR}s again from each run's
+    # environment (an envFile is read at every start).
+    written: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
 
     @property
     def polled(self) -> bool:
@@ -134,7 +146,21 @@ def _parse_probe(value: Any, fc: FieldContext, kinds: tuple[str, ...],
                 problems.append((key, str(exc)))
     if problems:
         raise Invalid(parts=problems)
-    return ProbeSpec(kind=kind, **fields)
+    return ProbeSpec(kind=kind, written=MappingProxyType(dict(value)), **fields)
+
+
+def for_run(probe: ProbeSpec, env: Mapping[str, str], readiness: bool) -> ProbeSpec:
+    """`probe` with its `${VAR}`s expanded from one run's environment (its envFile as read for
+    that start, its `env`, pbhost's): `.env` says PORT=8002 now, `pbhost restart` moves the
+    server, and the probe follows it. What cannot be parsed so keeps the probe as loaded."""
+    raw = probe.written
+    if raw is None or probe.kind not in POLLED or "${" not in json.dumps(raw.get(probe.kind)):
+        return probe
+    fc = FieldContext(Context(Path("/"), env), "", env)
+    try:
+        return (parse_readiness if readiness else parse_liveness)(dict(raw), fc)
+    except Invalid:
+        return probe
 
 
 _FIELD = {"initialDelay": "initial_delay", "period": "period", "timeout": "timeout",

@@ -15,6 +15,7 @@ import logging
 import re
 from typing import TYPE_CHECKING, Callable, Mapping
 
+from pbhost.config.probekeys import for_run
 from pbhost.health.notifysock import Message, NotifySocket, clean_status
 from pbhost.health.thresholds import Result, Threshold, probe_loop, ran_healthy
 from pbhost.process.spawn import RESOURCE_ERRNOS, SpawnError, describe_oserror
@@ -103,9 +104,10 @@ class _Run:
         if sock is not None:
             sock.start(self.loop, self.on_message)
         if spec.liveness is not None:
-            self.live_task = self._poll(spec.liveness, self.on_liveness(spec.liveness), env, cwd)
+            live = for_run(spec.liveness, env, readiness=False)
+            self.live_task = self._poll(live, self.on_liveness(live), env, cwd)
         if spec.readiness is not None and not self.ready:
-            self._gate(spec.readiness, stream, env, cwd)
+            self._gate(for_run(spec.readiness, env, readiness=True), stream, env, cwd)
         if spec.watchdog is not None:
             self.watchdog = self.loop.call_later(spec.watchdog, self.watchdog_due)
 
