@@ -23,6 +23,7 @@ import pytest
 
 from support import (
     PY,
+    STUBBORN,
     Api,
     PbhostRun,
     Project,
@@ -346,9 +347,7 @@ def test_twenty_reloads_at_once_end_with_one_consistent_set(project: Project) ->
 
 
 def test_a_reload_during_shutdown_is_refused(project: Project) -> None:
-    project.write("slow.py", "import signal, threading\n"
-                             "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
-                             "print('pid=1', flush=True)\nthreading.Event().wait()\n")
+    project.write("slow.py", STUBBORN)
     project.config([{"id": "slow", "script": "slow.py", "interpreter": PY,
                      "stopTimeout": "5s"}])
     run = project.serve()

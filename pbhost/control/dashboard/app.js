@@ -27,6 +27,11 @@
 
   const $ = (id) => document.getElementById(id);
 
+  // A hand-typed hash such as #/p/% is not valid percent-encoding: show it as typed, not throw.
+  function safeDecode(text) {
+    try { return decodeURIComponent(text); } catch (_) { return text; }
+  }
+
   // The table, the list and the actions are drawn anew every second: a keyboard user's focus
   // (a button tabbed to, a link) moves to the same control in the new rows, instead of being
   // lost to <body> between Tab and Enter.
@@ -868,7 +873,7 @@
     const hash = location.hash || "#/";
     const match = hash.match(/^#\/p\/(.+)$/);
     if (hash === "#/logs") showLogs(null);
-    else if (match) showLogs(decodeURIComponent(match[1]));
+    else if (match) showLogs(safeDecode(match[1]));
     else showOverview();
   }
 
