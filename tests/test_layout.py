@@ -8,6 +8,7 @@ each is a dependency a reader must follow and a circle among them is a circle in
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -167,3 +168,27 @@ def test_the_fast_start_path_imports_nothing_heavy() -> None:
     loaded = set(ast.literal_eval(out))
     assert "pbhost.startup.prespawn" in loaded  # the probe measured the right thing
     assert loaded & {"asyncio", "click", "typing", "dataclasses"} == set()
+
+
+def doc_layers(text: str) -> dict[str, set[str]]:
+    """The layer table drawn in docs/architecture.md, as {layer: modules}: `pkg/{a, b}` and
+    `pkg/x` are pbhost.pkg.a ..., a bare name is a top-level module."""
+    block = text.split("\n```\n", 2)[1]  # the first fenced block: the table
+    layers: dict[str, set[str]] = {}
+    name = ""
+    for line in block.splitlines():
+        head, cells = line[:20].strip(), line[20:]
+        if head:
+            name = head
+        cells = re.sub(r"(\w+)/\{([^}]*)\}",
+                       lambda m: " ".join(f"{m.group(1)}/{x.strip()}"
+                                          for x in m.group(2).split(",")), cells)
+        layers.setdefault(name, set()).update(
+            "pbhost." + cell.replace("/", ".") for cell in cells.split())
+    return layers
+
+
+def test_the_architecture_map_is_the_layer_table() -> None:
+    """docs/architecture.md draws LAYERS: a module moved or added here must be moved there."""
+    drawn = doc_layers((ROOT / "docs" / "architecture.md").read_text())
+    assert drawn == {layer: members - {"pbhost"} for layer, members in LAYERS}
