@@ -371,6 +371,9 @@ def test_sdnotify_ready_status_and_a_watchdog_that_stops_being_fed(project: Proj
     (project.root / "go").touch()
     agent = api.wait("agent", "ready", lambda p: p["ready"])
     assert agent["notifyStatus"] == "serving 3 models" and agent["health"] == "ready"
+    ls = subprocess.run([PY, "-m", "pbhost", "ls"], cwd=run.root, env=pbhost_env(),
+                        capture_output=True, text=True, timeout=30)
+    assert ls.returncode == 0 and "serving 3 models" in ls.stdout, ls  # its STATUS in ls
     assert run.output().count("agent: started") == 1
     first = agent["pid"]
     (project.root / "stop").touch()
