@@ -6,7 +6,9 @@ orchestrators' /livez and /readyz. The policy behind them is tested in test_heal
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -32,7 +34,7 @@ PY = sys.executable
 # Serves GET /health with its pid, until its pid is written into ./hang: from then on it still
 # runs and accepts connections (they queue in the backlog) but never answers.
 SERVER = """
-    import http.server, os, time
+    import http.server, os, threading
     PORT = int(os.environ["PORT"])
     def hung():
         try:
@@ -41,8 +43,8 @@ SERVER = """
             return False
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
-            while hung():
-                time.sleep(3600)
+            if hung():
+                threading.Event().wait()  # hangs: the probe times out, the process runs on
             body = str(os.getpid()).encode()
             print("answered", self.path, flush=True)
             self.send_response(200)
@@ -125,7 +127,7 @@ def test_an_exec_probe_that_hangs_is_killed_at_its_timeout(project: Project) -> 
     # it must never kill the process itself, only the probes.
     project.write("idle.py", IDLE)
     project.write("check.py", """
-        import os, subprocess, time
+        import os, subprocess, threading
         def alive(pid):
             try:
                 with open(f"/proc/{pid}/stat") as f:
@@ -137,7 +139,7 @@ def test_an_exec_probe_that_hangs_is_killed_at_its_timeout(project: Project) -> 
         kid = subprocess.Popen(["sleep", "300"])
         with open("probes.txt", "a") as f:
             f.write(f"{os.getpid()} {kid.pid} {int(overlap)}\\n")
-        time.sleep(300)
+        threading.Event().wait()  # hangs until killed at the probe's timeout
     """)
     project.config([{"id": "idle", "script": "idle.py", "interpreter": PY,
                      "readinessProbe": {"exec": [PY, "check.py"], "timeout": "500ms",
@@ -181,10 +183,10 @@ def test_a_probe_that_keeps_failing_right_after_start_backs_off_1_2_4_seconds(
 # -- readiness and order -----------------------------------------------------------------------
 def test_readiness_by_log_line_gates_a_dependents_start(project: Project) -> None:
     project.write("db.py", """
-        import os, threading, time
+        import signal, threading
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
         print("db booting", flush=True)
-        while not os.path.exists("go"):
-            time.sleep(0.02)
+        signal.sigwait({signal.SIGUSR1})  # the test says when
         print("db accepting connections", flush=True)
         threading.Event().wait()
     """)
@@ -205,7 +207,7 @@ def test_readiness_by_log_line_gates_a_dependents_start(project: Project) -> Non
     db = api.proc("db")
     assert db["status"] == "running" and db["ready"] is False
     assert db["health"] == "not ready: waiting for log line /accepting connections$/"
-    (project.root / "go").touch()
+    os.kill(db["pid"], signal.SIGUSR1)
     run.wait_line("[app][STDOUT] app first line")
     order = [index_of(run, n) for n in ("[db][STDOUT] db accepting connections",
                                         "db: ready (log line /accepting connections$/ matched)",
@@ -216,9 +218,10 @@ def test_readiness_by_log_line_gates_a_dependents_start(project: Project) -> Non
 
 def test_completed_waits_for_a_migration_to_exit_0(project: Project) -> None:
     project.write("migrate.py", """
-        import time
+        import signal
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
         print("migrating", flush=True)
-        time.sleep(0.3)
+        signal.sigwait({signal.SIGUSR1})  # the test says when it is done
         print("migrated", flush=True)
     """)
     project.write("app.py", IDLE)
@@ -229,6 +232,10 @@ def test_completed_waits_for_a_migration_to_exit_0(project: Project) -> None:
     ])
     run = project.serve()
     api = Api(run)
+    run.wait_line("[migrate][STDOUT] migrating")
+    app = api.wait("app", "waiting for migrate", lambda p: p["waitingFor"] == ["migrate"])
+    assert app["pid"] is None  # not while it migrates
+    os.kill(api.proc("migrate")["pid"], signal.SIGUSR1)
     run.wait_line("[app][STDOUT] up")
     assert index_of(run, "[migrate][STDOUT] migrated") < index_of(run, "migrate: completed") \
         < index_of(run, "app: started")
@@ -343,8 +350,9 @@ def test_shutdown_stops_dependents_before_their_dependencies(project: Project) -
 # -- sd_notify ---------------------------------------------------------------------------------
 def test_sdnotify_ready_status_and_a_watchdog_that_stops_being_fed(project: Project) -> None:
     project.write("notifier.py", """
-        import os, threading, time
+        import os, signal, threading, time
         import sdnotify
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
         n = sdnotify.SystemdNotifier()
         print("socket", os.environ["NOTIFY_SOCKET"], os.environ["WATCHDOG_USEC"], flush=True)
         n.notify("STATUS=loading model")
@@ -354,8 +362,7 @@ def test_sdnotify_ready_status_and_a_watchdog_that_stops_being_fed(project: Proj
                 time.sleep(0.1)
             print("stopped pinging", flush=True)
         threading.Thread(target=ping, daemon=True).start()
-        while not os.path.exists("go"):
-            time.sleep(0.02)
+        signal.sigwait({signal.SIGUSR1})  # the test says when it is loaded
         n.notify("READY=1\\nSTATUS=serving 3 models")
         threading.Event().wait()
     """)
@@ -368,7 +375,7 @@ def test_sdnotify_ready_status_and_a_watchdog_that_stops_being_fed(project: Proj
     agent = api.wait("agent", "its STATUS", lambda p: p["notifyStatus"] == "loading model")
     assert agent["ready"] is False and agent["health"] == "not ready: waiting for READY=1"
     api.wait("agent", "fed past its watchdog", lambda p: p["uptime"] > 1.5)
-    (project.root / "go").touch()
+    os.kill(agent["pid"], signal.SIGUSR1)
     agent = api.wait("agent", "ready", lambda p: p["ready"])
     assert agent["notifyStatus"] == "serving 3 models" and agent["health"] == "ready"
     ls = subprocess.run([PY, "-m", "pbhost", "ls"], cwd=run.root, env=pbhost_env(),
@@ -417,9 +424,10 @@ def test_a_raw_datagram_from_the_process_is_heard_and_one_from_an_old_run_is_not
 # -- orchestrators ------------------------------------------------------------------------------
 def test_readyz_is_503_until_everything_is_ready_and_needs_no_token(project: Project) -> None:
     project.write("slow.py", """
-        import os, threading, time
-        while not os.path.exists("go"):
-            time.sleep(0.02)
+        import os, signal, threading
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+        print(f"slow pid={os.getpid()}", flush=True)
+        signal.sigwait({signal.SIGUSR1})  # the test says when
         print("slow is up", flush=True)
         threading.Event().wait()
     """)
@@ -439,7 +447,7 @@ def test_readyz_is_503_until_everything_is_ready_and_needs_no_token(project: Pro
     assert http_json(api.url + "/livez") == (200, {"status": 200, "live": True})
     assert http_json(api.url + "/api/pm/list")[0] == 401  # the rest still needs the token
     assert http_json(api.url + "/readyz", "POST")[0] == 405
-    (project.root / "go").touch()
+    os.kill(pid_in(run.wait_line("[slow][STDOUT] slow pid=")), signal.SIGUSR1)
     wait_for(lambda: http_json(api.url + "/readyz") == (
         200, {"status": 200, "ready": True, "notReady": []}), 15, "/readyz 200")
     assert docker_healthcheck(api.url) == 0

@@ -35,14 +35,16 @@ def read_file(path: Path) -> str:
 
 
 # One write(2) per line, in bursts with quiet spells between them: each burst finds the pipe
-# watched, makes it rest, and leaves it to be found empty and watched again.
+# watched, makes it rest, and leaves it to be found empty and watched again. The quiet spell
+# lasts until the test, having seen the whole burst in pbhost's output, answers on stdin.
 BURSTS = """
-    import os, sys, time
+    import os, sys
     bursts, per = int(sys.argv[1]), int(sys.argv[2])
     for b in range(bursts):
         for i in range(per):
             os.write(1, b"line %03d %06d\\n" % (b, i))
-        time.sleep(0.02)
+        if b < bursts - 1 and not sys.stdin.readline():
+            break
 """
 
 
@@ -55,10 +57,18 @@ def test_bursts_of_flushed_lines_arrive_whole_and_in_order(tmp_path: Path) -> No
         stream = LogStream(fd)
         stream.start(asyncio.get_running_loop())
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        in_r, in_w = os.pipe2(os.O_CLOEXEC)
         proc = subprocess.Popen([PY, "-c", textwrap.dedent(BURSTS), str(bursts), str(per)],
-                                stdout=out_w, stdin=subprocess.DEVNULL)
+                                stdout=out_w, stdin=in_r)
         os.close(out_w)
+        os.close(in_r)
         stream.attach("b", "stdout", out_r)
+        for b in range(bursts - 1):
+            last = f"[b][STDOUT] line {b:03d} {per - 1:06d}\n"
+            await until(lambda last=last: read_file(out).endswith(last),  # type: ignore[misc]
+                        desc=f"burst {b} in the output")
+            os.write(in_w, b"\n")  # all of it read and written out: the next burst
+        os.close(in_w)
         await until(lambda: stream.open_pipes == 0, desc="the pipe at EOF")
         proc.wait(10)
         stream.close(5.0)
