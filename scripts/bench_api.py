@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 from pbhost.orphans.trees import TreeScanner  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "scripts"))
-from benchkit import free_port  # noqa: E402
+from benchkit import api_call, free_port, until  # noqa: E402
 from benchreport import helper_main  # noqa: E402
 
 SIDECARS = 9
@@ -64,39 +64,20 @@ class Pbhost:
              f"127.0.0.1:{self.port}"],
             cwd=workdir, env=env, stdout=self.out, stderr=subprocess.STDOUT)
         control = workdir / "pb_data" / ".pbhost" / "control.json"
-        info = _wait(lambda: json.loads(control.read_text()), "control.json")
+        info = until(lambda: json.loads(control.read_text()), "control.json")
         self.token = info["token"]
         self.conn = http.client.HTTPConnection("127.0.0.1", self.port + 1, timeout=30)
-        _wait(lambda: all(p["status"] == "running" for p in self.call("GET", "/api/pm/list"))
+        until(lambda: all(p["status"] == "running" for p in self.call("GET", "/api/pm/list"))
               and len(self.call("GET", "/api/pm/list")) == SIDECARS + 1, "10 processes running")
 
     def call(self, method: str, path: str) -> Any:
-        self.conn.request(method, path, headers={"Authorization": f"Bearer {self.token}"})
-        resp = self.conn.getresponse()
-        body = resp.read()
-        if resp.status != 200:
-            raise RuntimeError(f"{method} {path}: {resp.status} {body[:200]!r}")
-        return json.loads(body)
+        return api_call(self.conn, method, path, self.token)
 
     def close(self) -> None:
         self.conn.close()
         self.proc.terminate()
         self.proc.wait(30)
         self.out.close()
-
-
-def _wait(pred: Any, what: str, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            value = pred()
-            if value:
-                return value
-        except (OSError, ValueError, RuntimeError, http.client.HTTPException):
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def _stats(values_ms: list[float]) -> dict[str, Any]:

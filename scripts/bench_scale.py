@@ -43,6 +43,7 @@ from benchkit import (  # noqa: E402
     PY,
     Output,
     Proc,
+    api_call,
     bench_env,
     cpu_seconds,
     free_port,
@@ -52,6 +53,7 @@ from benchkit import (  # noqa: E402
     memory_kib,
     pbhost_command,
     pocketbase_binary,
+    until,
 )
 
 SIDECARS = (1, 10, 50, 100)
@@ -107,37 +109,18 @@ class Serve:
     def token(self) -> str:
         if self._token is None:
             control = self.data / ".pbhost" / "control.json"
-            self._token = _until(lambda: json.loads(control.read_text())["token"], 30,
-                                 "control.json")
+            self._token = until(lambda: json.loads(control.read_text())["token"],
+                                "control.json")
         return self._token
 
     def connect(self) -> http.client.HTTPConnection:
         return http.client.HTTPConnection("127.0.0.1", self.port + 1, timeout=30)
 
     def get(self, conn: http.client.HTTPConnection, path: str) -> Any:
-        conn.request("GET", path, headers={"Authorization": f"Bearer {self.token()}"})
-        resp = conn.getresponse()
-        body = resp.read()
-        if resp.status != 200:
-            raise RuntimeError(f"GET {path}: {resp.status} {body[:200]!r}")
-        return json.loads(body)
+        return api_call(conn, "GET", path, self.token())
 
     def stop(self) -> None:
         self.proc.stop()
-
-
-def _until(pred: Callable[[], Any], timeout: float, what: str, poll: float = 0.01) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            value = pred()
-            if value:
-                return value
-        except (OSError, ValueError, KeyError, RuntimeError, http.client.HTTPException):
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(poll)
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -211,7 +194,7 @@ def sidecars_curve(root: Path, n: int, window: float, requests: int) -> dict[str
         ready = max(serve.out.wait(rf"^\[s{i}\]\[STDOUT\] ready", since=0, timeout=60)[0]
                     for i in range(n))
         conn = serve.connect()
-        _until(lambda: len(serve.get(conn, "/api/pm/list")) == n + 1, 30, "the list")
+        until(lambda: len(serve.get(conn, "/api/pm/list")) == n + 1, "the list", 30)
         times = []
         for _ in range(requests):
             t0 = time.perf_counter()
@@ -315,7 +298,7 @@ def dev_curve(root: Path, files: int, window: float, edits: int) -> dict[str, fl
     try:
         _, m = serve.out.wait(r"^\[dev\]\[STDOUT\] pid=(\d+)", timeout=60)
         pid = m.group(1)
-        watches = _until(lambda: inotify_watches(serve.proc.pid), 30, "inotify watches")
+        watches = until(lambda: inotify_watches(serve.proc.pid), "inotify watches", 30)
         cpu = _idle_cpu(serve, window)
         rss = memory_kib(serve.proc.pid)["VmRSS"] / 1024
         lat = []
@@ -396,13 +379,13 @@ def followers_curve(root: Path, k: int, lines: int) -> dict[str, float]:
     subs: list[Follower] = []
     try:
         conn = serve.connect()
-        _until(lambda: serve.get(conn, "/api/pm/list"), 30, "the control API")
+        until(lambda: serve.get(conn, "/api/pm/list"), "the control API", 30)
         subs = [Follower(serve.port + 1, serve.token(), lines) for _ in range(k)]
         time.sleep(0.5)  # each follower's subscription is set up once its request is read
         conn.request("POST", "/api/pm/flood/start",
                      headers={"Authorization": f"Bearer {serve.token()}"})
         conn.getresponse().read()
-        took = float(_until(lambda: (folder / "flood.took").read_text(), 120, "the flood"))
+        took = float(until(lambda: (folder / "flood.took").read_text(), "the flood", 120))
         for sub in subs:
             sub.result(120)
         conn.close()

@@ -7,6 +7,8 @@ process of the machine, so a stamp printed by a sidecar compares with one taken 
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import re
 import select
@@ -19,7 +21,7 @@ import sysconfig
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -229,3 +231,29 @@ def summary(values_ms: Sequence[float]) -> dict[str, Any]:
     return {"n": len(vals), "median": round(statistics.median(vals), 1),
             "min": round(vals[0], 1), "max": round(vals[-1], 1),
             "stdev": round(statistics.stdev(vals), 1) if len(vals) > 1 else 0.0}
+
+
+def until(pred: Callable[[], Any], what: str, timeout: float = 30.0, poll: float = 0.01) -> Any:
+    """Poll `pred` until it returns something truthy (a failing call, such as a file not
+    written yet or an API not up yet, is "not yet"); TimeoutError naming `what` at the end."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = pred()
+            if value:
+                return value
+        except (OSError, ValueError, KeyError, RuntimeError, http.client.HTTPException):
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(poll)
+
+
+def api_call(conn: http.client.HTTPConnection, method: str, path: str, token: str) -> Any:
+    """One control API request on a kept-alive connection; its JSON, or RuntimeError."""
+    conn.request(method, path, headers={"Authorization": f"Bearer {token}"})
+    resp = conn.getresponse()
+    body = resp.read()
+    if resp.status != 200:
+        raise RuntimeError(f"{method} {path}: {resp.status} {body[:200]!r}")
+    return json.loads(body)
