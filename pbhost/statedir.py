@@ -45,13 +45,23 @@ def write_private(path: Path, data: bytes) -> None:
     """
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(path.parent, 0o700)  # an existing folder may have been created wider
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    replace_atomically(path, data, 0o600, path.with_name(f".{path.name}.{os.getpid()}"))
+
+
+def replace_atomically(path: Path, data: bytes, mode: int, tmp: Path,
+                       fsync: bool = False) -> None:
+    """Write `data` to `tmp` (created with `mode`), then rename it over `path`: a reader sees
+    the old file or the new one, never a part. On any failure `tmp` is removed, `path` is
+    untouched and the error raised. `fsync` when the file must outlive a power loss."""
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
         try:
+            os.fchmod(fd, mode)  # whatever the umask took away
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
+            if fsync:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, path)

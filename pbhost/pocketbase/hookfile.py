@@ -15,6 +15,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from pbhost.statedir import replace_atomically
+
 HOOK_NAME = "pbhost.pb.js"
 SOURCE = Path(__file__).with_name("pbhook.js")
 PROBE_PATH = "/api/pbhost/probe"
@@ -114,20 +116,8 @@ def _write_atomically(target: Path, data: bytes) -> None:
     PocketBase starts anyway.)
     """
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    replace_atomically(target, data, 0o644, target.with_name(f".{target.name}.{os.getpid()}.tmp"),
+                       fsync=True)
 
 
 def probe_problem(status: int | None, body: object, expected: int | None) -> str | None:
