@@ -20,7 +20,6 @@ have the pids they started with.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -30,6 +29,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_api import SIDECARS, Pbhost, _stats  # noqa: E402
+from benchreport import helper_main  # noqa: E402
 
 
 def _config(workdir: Path, colour: str) -> None:
@@ -93,19 +93,7 @@ def run(quick: bool) -> dict[str, Any]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--json", metavar="FILE")
-    args = parser.parse_args()
-    result = run(args.quick)
-    for row in result["rows"]:
-        ok = "" if row.get("ok") is None else ("  ok" if row["ok"] else "  MISSED")
-        goal = f"  goal {row['goal']}" if row.get("goal") else ""
-        print(f"{row['figure']:<45} {row['value']:>9.3f} ms  ({row['spread']})  n={row['n']}"
-              f"  vs {row['baseline']}: {row['vs']}{goal}{ok}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
-    return 0
+    return helper_main(__doc__ or "", run, "config reload")
 
 
 if __name__ == "__main__":
