@@ -14,6 +14,7 @@ process on this machine (or in this pod), and pbhost resolves no names on its lo
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections import ChainMap
@@ -56,27 +57,28 @@ class ProbeSpec:
     timeout: float = 1.0
     failure_threshold: int = 3
     success_threshold: int = 1
-    # What messages show (lastError, the log, the API's health): the value as written, its
-    # `${VAR}`s not expanded, since they may come from an envFile's secrets. Not compared: the
+    # The probe object as the file has it: for `for_run` (its ${VAR}s again from each run's
+    # environment, as an envFile is read at every start) and for `label`. Not compared: the
     # same probe written with another variable of the same value is the same probe.
-    shown: str = field(default="", compare=False)
-    # The probe object as the file has it, for `for_run`: its ${VAR}s again from each run's
-    # environment (an envFile is read at every start).
     written: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
 
     @property
     def polled(self) -> bool:
         return self.kind in POLLED
 
-    @property
+    @functools.cached_property
     def label(self) -> str:
-        """How messages name it: `GET /health`, `TCP 127.0.0.1:${PORT}`, `exec check.py`."""
+        """How messages (lastError, the log, the API's health) name it: `GET /health`,
+        `TCP 127.0.0.1:${PORT}`, `exec check.py`. As written, its `${VAR}`s not expanded:
+        they may come from an envFile's secrets."""
+        value = self.written.get(self.kind) if self.written is not None else None
         if self.kind == "http":
-            return f"GET {self.shown or self.path}"
+            return f"GET {_path_of(value.strip()) if isinstance(value, str) else self.path}"
         if self.kind == "tcp":
-            return f"TCP {self.shown or self.target}"
+            return f"TCP {value.strip() if isinstance(value, str) else self.target}"
         if self.kind == "exec":
-            return "exec " + (self.shown or " ".join(self.argv))[:80]
+            argv = value if isinstance(value, list) else self.argv
+            return "exec " + " ".join(str(item).strip() for item in argv)[:80]
         if self.kind == "logLine":
             return f"log line /{self.target}/"
         return "READY=1"
@@ -214,10 +216,15 @@ def _http(raw: Any, lookup: Mapping[str, str], fc: FieldContext) -> dict[str, An
     except ValueError:
         raise Invalid(f"has an invalid port: {describe(written)}") from None
     host = _host(parts.hostname or "", written)
-    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    as_written = urlsplit(written)
-    shown = (as_written.path or "/") + (f"?{as_written.query}" if as_written.query else "")
-    return {"target": url, "host": host, "port": port, "path": path, "shown": shown}
+    return {"target": url, "host": host, "port": port, "path": _path_of(url)}
+
+
+def _path_of(url: str) -> str:
+    """The path and query an HTTP probe asks for."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
 
 
 def _tcp(raw: Any, lookup: Mapping[str, str], fc: FieldContext) -> dict[str, Any]:
@@ -229,7 +236,7 @@ def _tcp(raw: Any, lookup: Mapping[str, str], fc: FieldContext) -> dict[str, Any
     if not port.isdigit() or not 0 < int(port) < 65536:
         raise Invalid(f'must be "HOST:PORT" such as "127.0.0.1:8001", got {describe(written)}')
     return {"target": text, "host": _host(host.strip("[]") or "127.0.0.1", written),
-            "port": int(port), "shown": written}
+            "port": int(port)}
 
 
 def _host(host: str, shown: str) -> str:
@@ -253,8 +260,7 @@ def _exec(raw: Any, lookup: Mapping[str, str], fc: FieldContext) -> dict[str, An
                       f"{describe(raw)}")
     argv = tuple(_text(item, lookup, fc, "exec probe") if isinstance(item, str) and item.strip()
                  else _bad_item(i, item) for i, item in enumerate(raw))
-    return {"target": " ".join(argv), "argv": argv,
-            "shown": " ".join(item.strip() for item in raw)}
+    return {"target": " ".join(argv), "argv": argv}
 
 
 def _bad_item(index: int, item: Any) -> str:
