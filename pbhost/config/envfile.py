@@ -13,12 +13,13 @@ python-dotenv is imported on the first read, so a config without envFile never l
 
 from __future__ import annotations
 
-import errno
 import io
 import re
 from collections import ChainMap
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, NamedTuple, Sequence
+
+from pbhost.process.spawn import RESOURCE_ERRNOS
 
 if TYPE_CHECKING:
     from dotenv.parser import Binding, Original
@@ -26,9 +27,6 @@ if TYPE_CHECKING:
 # Patterns as strings: `re` compiles them on first use, which is only when a file has a problem.
 _NEWLINE = r"\r\n|\n|\r"
 _CLOSED = {"'": r"(?s)'(?:\\.|[^'\\])*'", '"': r'(?s)"(?:\\.|[^"\\])*"'}
-# Reading failed for want of fds or memory (pbhost's, not the file's fault): not a problem of
-# the file, so it propagates and the start is retried (process/spawn.py RESOURCE_ERRNOS).
-EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 NO_EQUALS = "a name without '=' (write NAME=VALUE, or NAME= for an empty value)"
 
 
@@ -76,8 +74,8 @@ def _read(path: Path, problems: list[EnvProblem]) -> str | None:
     except IsADirectoryError:
         problems.append(EnvProblem(path, "is a folder, not a file"))
     except OSError as exc:
-        if exc.errno in EXHAUSTED:
-            raise  # pbhost is out of fds or memory: nothing wrong with the file; retried later
+        if exc.errno in RESOURCE_ERRNOS:
+            raise  # pbhost is out of fds or memory, not the file's fault: the start is retried
         problems.append(EnvProblem(path, f"cannot read: {exc.strerror or exc}"))
     else:
         try:
