@@ -11,8 +11,11 @@ share the same queue, so nothing interleaves mid-line.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import os
+import sys
+import termios
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -330,10 +333,10 @@ class LogStream:
                 self._loop.add_reader(other.fd, self._on_readable, other)
         return found
 
-    def _read_once(self, reader: _Reader) -> int:
+    def _read_once(self, reader: _Reader, size: int = CHUNK) -> int:
         """One chunk from the pipe: its size; 0 when it had nothing (would block) or ended."""
         try:
-            chunk = os.read(reader.fd, CHUNK)
+            chunk = os.read(reader.fd, size)
         except (BlockingIOError, InterruptedError):
             return 0
         except OSError:  # EIO and friends: treat as end of stream
@@ -350,9 +353,21 @@ class LogStream:
         return len(chunk)
 
     def _drain(self, reader: _Reader, deadline: float) -> None:
-        """At close: take what is already in the pipe (until the deadline), then detach."""
-        while time.monotonic() < deadline and self._read_once(reader):
-            pass
+        """At close: take what is already in the pipe (until the deadline), then detach.
+
+        Only what is there now (FIONREAD): a child still flooding cannot keep shutdown busy,
+        and the last read ends where its last write ended, not in the middle of a line that
+        a cut at a chunk's size would have written out half."""
+        try:
+            left = int.from_bytes(fcntl.ioctl(reader.fd, termios.FIONREAD, bytes(4)),
+                                  sys.byteorder)
+        except OSError:
+            left = CHUNK  # cannot tell: one read
+        while left > 0 and time.monotonic() < deadline:
+            got = self._read_once(reader, min(CHUNK, left))
+            if not got:
+                break
+            left -= got
         if reader.fd in self._readers:
             self._detach(reader)
 
